@@ -1,0 +1,107 @@
+//! One bounded memory cache, shared by every open image, for decompressed metadata blocks,
+//! data blocks, fragment blocks, parsed inodes and directory listings.
+//!
+//! Bounded by bytes, not entries, so the daemon's memory does not grow with the number or size
+//! of images. Concurrent loads of one key are single-flight (quick_cache's placeholder guards):
+//! a fragment shared by hundreds of small files is fetched and decompressed once.
+
+use crate::squashfs::{DirEntry, Inode};
+use bytes::Bytes;
+use quick_cache::Weighter;
+use std::sync::Arc;
+
+/// What a cached value is; part of the key so a hostile image cannot make a metadata block
+/// be served as a data block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Metadata,
+    Data,
+    Fragment,
+    Inode,
+    Listing,
+}
+
+/// `image` is unique per opened image version, so versions never mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    pub image: u64,
+    pub kind: Kind,
+    pub pos: u64,
+}
+
+#[derive(Clone)]
+pub(crate) enum Value {
+    Block(Bytes),
+    Inode(Arc<Inode>),
+    Listing(Arc<[DirEntry]>),
+}
+
+#[derive(Clone)]
+struct ByteWeighter;
+
+impl Weighter<Key, Value> for ByteWeighter {
+    fn weight(&self, _key: &Key, value: &Value) -> u64 {
+        // A fixed overhead per entry keeps tiny entries from being free.
+        64 + match value {
+            Value::Block(b) => b.len() as u64,
+            Value::Inode(i) => i.heap_size() as u64,
+            Value::Listing(l) => l.iter().map(|e| 32 + e.name.len() as u64).sum(),
+        }
+    }
+}
+
+/// The shared decompressed-data cache, bounded to a byte budget.
+pub struct BlockCache {
+    cache: quick_cache::sync::Cache<Key, Value, ByteWeighter>,
+}
+
+impl BlockCache {
+    pub fn new(budget_bytes: u64) -> Arc<Self> {
+        let estimated_items = (budget_bytes / 32768).clamp(64, 1 << 20) as usize;
+        Arc::new(Self {
+            cache: quick_cache::sync::Cache::with_weighter(
+                estimated_items,
+                budget_bytes,
+                ByteWeighter,
+            ),
+        })
+    }
+
+    /// Bytes currently held.
+    pub fn used_bytes(&self) -> u64 {
+        self.cache.weight()
+    }
+
+    pub fn capacity_bytes(&self) -> u64 {
+        self.cache.capacity()
+    }
+
+    pub(crate) fn get(&self, key: &Key) -> Option<Value> {
+        self.cache.get(key)
+    }
+
+    pub(crate) fn insert(&self, key: Key, value: Value) {
+        self.cache.insert(key, value);
+    }
+
+    pub(crate) fn get_or_insert_with<E>(
+        &self,
+        key: &Key,
+        with: impl FnOnce() -> Result<Value, E>,
+    ) -> Result<Value, E> {
+        self.cache.get_or_insert_with(key, with)
+    }
+
+    pub(crate) async fn get_or_insert_async<E>(
+        &self,
+        key: &Key,
+        with: impl Future<Output = Result<Value, E>>,
+    ) -> Result<Value, E> {
+        self.cache.get_or_insert_async(key, with).await
+    }
+
+    /// Drops everything an image left behind (called when an image is forgotten).
+    pub fn forget_image(&self, image: u64) {
+        self.cache.retain(|k, _| k.image != image);
+    }
+}

@@ -1,0 +1,55 @@
+//! Decompression through backhand's codecs, with the output length checked.
+//!
+//! Every caller knows how large the output must be (a metadata block at most 8 KiB, a data
+//! block exactly its expected length), so a bomb is stopped at that size: the output buffer is
+//! allocated at the limit, and backhand's gzip and xz decoders stop growing at 4 MiB.
+
+use crate::error::{Error, Result};
+use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Codec(Compressor);
+
+impl Codec {
+    pub fn from_id(id: u16) -> Result<Self> {
+        let compressor = match id {
+            1 => Compressor::Gzip,
+            3 => Compressor::Lzo,
+            4 => Compressor::Xz,
+            5 => Compressor::Lz4,
+            6 => Compressor::Zstd,
+            2 => return Err(Error::Unsupported("lzma compression (legacy)".into())),
+            other => return Err(Error::corrupt(format!("unknown compressor id {other}"))),
+        };
+        Ok(Self(compressor))
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.0 {
+            Compressor::Gzip => "gzip",
+            Compressor::Lzo => "lzo",
+            Compressor::Xz => "xz",
+            Compressor::Lz4 => "lz4",
+            Compressor::Zstd => "zstd",
+            _ => "other",
+        }
+    }
+
+    /// Decompresses `data`, which must expand to at most `max` bytes.
+    pub fn decompress(&self, data: &[u8], max: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(max);
+        // The codecs are third-party code fed with untrusted bytes: a panic in one of them
+        // becomes an error for this block, not a dead daemon.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            DefaultCompressor.decompress(data, &mut out, self.0)
+        }));
+        match result {
+            Ok(Ok(())) if out.len() <= max => Ok(out),
+            Ok(Ok(())) => Err(Error::corrupt(format!(
+                "block decompresses to more than {max} bytes"
+            ))),
+            Ok(Err(e)) => Err(Error::corrupt(format!("{} decompression failed: {e}", self.name()))),
+            Err(_) => Err(Error::corrupt(format!("{} decoder panicked", self.name()))),
+        }
+    }
+}

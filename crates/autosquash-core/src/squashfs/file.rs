@@ -1,0 +1,215 @@
+//! File data: any byte range is served from the blocks it covers, each fetched as a compressed
+//! range, decompressed to its exact expected length and cached. Adjacent uncached blocks are
+//! fetched in one ranged read; a lone block goes through the cache's single-flight.
+
+use super::Image;
+use super::inode::{Body, FileBody, Inode};
+use crate::block_cache::{Key, Kind, Value};
+use crate::error::{Error, Result};
+use bytes::{Bytes, BytesMut};
+
+/// Shared source of zeros for sparse blocks (a block is at most 1 MiB).
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Where one block of a file comes from.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    kind: Kind,
+    pos: u64,
+    stored: u32,
+    raw: bool,
+    /// Exact decompressed length (for fragments: the length of the whole fragment block is
+    /// unknown, so this is the minimum it must have).
+    len: usize,
+}
+
+impl Image {
+    /// Up to `size` bytes of `inode` from `offset`; short only at the end of the file.
+    pub async fn read(&self, inode: &Inode, offset: u64, size: usize) -> Result<Bytes> {
+        let Body::File(file) = &inode.body else {
+            return Err(Error::WrongType("a regular file"));
+        };
+        let end = offset.saturating_add(size as u64).min(inode.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let bs = u64::from(self.sb.block_size);
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let mut blocks = Vec::with_capacity((last - first + 1) as usize);
+        for i in first..=last {
+            blocks.push(self.locate(inode, file, i)?);
+        }
+        let data = self.fetch_blocks(&blocks).await?;
+        // The slice of each block that falls inside offset..end.
+        let piece = |n: usize, (block, data): (&Block, &Bytes)| {
+            let block_start = (first + n as u64) * bs;
+            let from = offset.saturating_sub(block_start) as usize;
+            let to = ((end - block_start) as usize).min(bs as usize);
+            let base = if block.kind == Kind::Fragment { self.fragment_offset(file) } else { 0 };
+            data.slice(base + from..base + to)
+        };
+        if blocks.len() == 1 {
+            return Ok(piece(0, (&blocks[0], &data[0])));
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for (n, pair) in blocks.iter().zip(data.iter()).enumerate() {
+            out.extend_from_slice(&piece(n, pair));
+        }
+        Ok(out.freeze())
+    }
+
+    fn fragment_offset(&self, file: &FileBody) -> usize {
+        file.fragment.map_or(0, |(_, offset)| offset as usize)
+    }
+
+    /// Where block `i` of a file is stored and how long it must decompress to.
+    fn locate(&self, inode: &Inode, file: &FileBody, i: u64) -> Result<Block> {
+        let bs = u64::from(self.sb.block_size);
+        let remaining = (inode.size - i * bs).min(bs) as usize;
+        if let Some(index) = usize::try_from(i).ok().filter(|&i| i < file.words.len()) {
+            let (pos, stored, raw) = file.block(index);
+            return Ok(Block {
+                kind: Kind::Data,
+                pos,
+                stored,
+                raw,
+                len: remaining,
+            });
+        }
+        let (frag, offset) = file
+            .fragment
+            .ok_or_else(|| Error::corrupt("file has more data than blocks"))?;
+        let mut entry = self.table_entry(self.sb.frag_table, 16, u64::from(frag))?;
+        let pos = entry.u64()?;
+        let word = entry.u32()?;
+        let stored = word & 0x00ff_ffff;
+        if word & !0x01ff_ffff != 0 || stored == 0 || stored > self.sb.block_size {
+            return Err(Error::corrupt(format!("fragment {frag} size word {word:#x}")));
+        }
+        if pos.checked_add(u64::from(stored)).is_none_or(|e| e > self.sb.bytes_used) {
+            return Err(Error::corrupt(format!("fragment {frag} lies outside the image")));
+        }
+        Ok(Block {
+            kind: Kind::Fragment,
+            pos,
+            stored,
+            raw: word & (1 << 24) != 0,
+            len: offset as usize + remaining,
+        })
+    }
+
+    /// The decompressed contents of `blocks`, in order.
+    async fn fetch_blocks(&self, blocks: &[Block]) -> Result<Vec<Bytes>> {
+        let mut out: Vec<Option<Bytes>> = blocks
+            .iter()
+            .map(|b| match b.stored {
+                0 => Some(Bytes::from_static(&ZEROS[..b.len])),
+                _ => match self.cache.get(&self.key(b)) {
+                    Some(Value::Block(data)) => Some(data),
+                    _ => None,
+                },
+            })
+            .collect();
+        // Runs of missing blocks that are contiguous in the image: one read each.
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        for i in (0..blocks.len()).filter(|&i| out[i].is_none()) {
+            match runs.last_mut() {
+                Some(run)
+                    if run.end == i && {
+                        let prev = &blocks[i - 1];
+                        prev.pos + u64::from(prev.stored) == blocks[i].pos
+                    } =>
+                {
+                    run.end = i + 1
+                }
+                _ => runs.push(i..i + 1),
+            }
+        }
+        let fetched =
+            futures::future::try_join_all(runs.iter().map(|run| self.fetch_run(&blocks[run.clone()])))
+                .await?;
+        for (run, data) in runs.into_iter().zip(fetched) {
+            for (slot, block) in out[run].iter_mut().zip(data) {
+                *slot = Some(block);
+            }
+        }
+        out.into_iter()
+            .map(|b| b.ok_or_else(|| Error::corrupt("block missing after fetch")))
+            .collect()
+    }
+
+    fn key(&self, block: &Block) -> Key {
+        Key {
+            image: self.id,
+            kind: block.kind,
+            pos: block.pos,
+        }
+    }
+
+    async fn fetch_run(&self, run: &[Block]) -> Result<Vec<Bytes>> {
+        if let [block] = run {
+            let value = self
+                .cache
+                .get_or_insert_async(&self.key(block), async {
+                    let raw = self.fetch_range(block.pos, u64::from(block.stored)).await?;
+                    self.decode(block, &raw).map(Value::Block)
+                })
+                .await?;
+            return match value {
+                Value::Block(data) => self.check_len(block, data).map(|d| vec![d]),
+                _ => Err(Error::corrupt("block cache entry of the wrong kind")),
+            };
+        }
+        let start = run[0].pos;
+        let total: u64 = run.iter().map(|b| u64::from(b.stored)).sum();
+        let raw = self.fetch_range(start, total).await?;
+        run.iter()
+            .map(|block| {
+                let from = (block.pos - start) as usize;
+                let data = self.decode(block, &raw[from..from + block.stored as usize])?;
+                self.cache.insert(self.key(block), Value::Block(data.clone()));
+                Ok(data)
+            })
+            .collect()
+    }
+
+    async fn fetch_range(&self, pos: u64, len: u64) -> Result<Bytes> {
+        let end = pos.saturating_add(len);
+        if end > self.sb.bytes_used {
+            return Err(Error::corrupt(format!("data block at {pos} lies outside the image")));
+        }
+        let meta = &self.meta;
+        let data = self.store.read(&meta.key, &meta.etag, pos..end).await?;
+        if data.len() as u64 != len {
+            return Err(Error::store(&meta.key, "store returned a short read"));
+        }
+        Ok(data)
+    }
+
+    /// Decompresses one block and checks its length.
+    fn decode(&self, block: &Block, stored: &[u8]) -> Result<Bytes> {
+        let bs = self.sb.block_size as usize;
+        let data = if block.raw {
+            Bytes::copy_from_slice(stored)
+        } else {
+            Bytes::from(self.codec.decompress(stored, bs)?)
+        };
+        self.check_len(block, data)
+    }
+
+    fn check_len(&self, block: &Block, data: Bytes) -> Result<Bytes> {
+        let ok = match block.kind {
+            Kind::Fragment => data.len() >= block.len,
+            _ => data.len() == block.len,
+        };
+        if !ok {
+            return Err(Error::corrupt(format!(
+                "block at {} decompressed to {} bytes, expected {}",
+                block.pos,
+                data.len(),
+                block.len
+            )));
+        }
+        Ok(data)
+    }
+}
