@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(version, about = "Serve squashfs images from S3 (or a local directory) as read-only directories")]
+#[command(
+    version,
+    about = "Serve squashfs images from S3 (or a local directory) as read-only directories"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -21,12 +21,20 @@ pub async fn resolve(arg: &str) -> Result<Source> {
     if meta.is_dir() {
         return Ok(Source::Directory(DirStore::new(path)));
     }
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+    else {
         bail!("{arg}: not a file name this tool can address");
     };
-    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
     let store: Arc<dyn Store> = Arc::new(DirStore::new(parent));
-    let meta = store.head(name).await.with_context(|| format!("cannot open {arg}"))?;
+    let meta = store
+        .head(name)
+        .await
+        .with_context(|| format!("cannot open {arg}"))?;
     Ok(Source::Image(store, meta))
 }
 

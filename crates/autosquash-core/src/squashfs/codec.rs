@@ -48,7 +48,10 @@ impl Codec {
             Ok(Ok(())) => Err(Error::corrupt(format!(
                 "block decompresses to more than {max} bytes"
             ))),
-            Ok(Err(e)) => Err(Error::corrupt(format!("{} decompression failed: {e}", self.name()))),
+            Ok(Err(e)) => Err(Error::corrupt(format!(
+                "{} decompression failed: {e}",
+                self.name()
+            ))),
             Err(_) => Err(Error::corrupt(format!("{} decoder panicked", self.name()))),
         }
     }

@@ -53,7 +53,9 @@ impl Image {
             let base = c.u32()?;
             consumed += 12;
             if count >= 256 {
-                return Err(Error::corrupt(format!("directory header counts {count} entries")));
+                return Err(Error::corrupt(format!(
+                    "directory header counts {count} entries"
+                )));
             }
             for _ in 0..=count {
                 let offset = c.u16()?;
@@ -61,12 +63,16 @@ impl Image {
                 let kind_type = c.u16()?;
                 let name_len = usize::from(c.u16()?) + 1;
                 if name_len > 256 {
-                    return Err(Error::corrupt(format!("directory entry name of {name_len} bytes")));
+                    return Err(Error::corrupt(format!(
+                        "directory entry name of {name_len} bytes"
+                    )));
                 }
                 let name = c.bytes(name_len)?;
                 consumed += 8 + name_len as u64;
                 if consumed > len {
-                    return Err(Error::corrupt("directory entries run past the listing size"));
+                    return Err(Error::corrupt(
+                        "directory entries run past the listing size",
+                    ));
                 }
                 check_name(&name)?;
                 let ino = base
@@ -88,7 +94,8 @@ impl Image {
 
 /// Names that could confuse a path walk are corrupt: empty, `.`, `..`, or containing `/` or NUL.
 fn check_name(name: &[u8]) -> Result<()> {
-    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0) {
+    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0)
+    {
         return Err(Error::corrupt(format!(
             "invalid directory entry name {:?}",
             String::from_utf8_lossy(name)

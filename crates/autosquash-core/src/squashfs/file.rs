@@ -45,7 +45,11 @@ impl Image {
             let block_start = (first + n as u64) * bs;
             let from = offset.saturating_sub(block_start) as usize;
             let to = ((end - block_start) as usize).min(bs as usize);
-            let base = if block.kind == Kind::Fragment { self.fragment_offset(file) } else { 0 };
+            let base = if block.kind == Kind::Fragment {
+                self.fragment_offset(file)
+            } else {
+                0
+            };
             data.slice(base + from..base + to)
         };
         if blocks.len() == 1 {
@@ -84,10 +88,17 @@ impl Image {
         let word = entry.u32()?;
         let stored = word & 0x00ff_ffff;
         if word & !0x01ff_ffff != 0 || stored == 0 || stored > self.sb.block_size {
-            return Err(Error::corrupt(format!("fragment {frag} size word {word:#x}")));
+            return Err(Error::corrupt(format!(
+                "fragment {frag} size word {word:#x}"
+            )));
         }
-        if pos.checked_add(u64::from(stored)).is_none_or(|e| e > self.sb.bytes_used) {
-            return Err(Error::corrupt(format!("fragment {frag} lies outside the image")));
+        if pos
+            .checked_add(u64::from(stored))
+            .is_none_or(|e| e > self.sb.bytes_used)
+        {
+            return Err(Error::corrupt(format!(
+                "fragment {frag} lies outside the image"
+            )));
         }
         Ok(Block {
             kind: Kind::Fragment,
@@ -125,9 +136,10 @@ impl Image {
                 _ => runs.push(i..i + 1),
             }
         }
-        let fetched =
-            futures::future::try_join_all(runs.iter().map(|run| self.fetch_run(&blocks[run.clone()])))
-                .await?;
+        let fetched = futures::future::try_join_all(
+            runs.iter().map(|run| self.fetch_run(&blocks[run.clone()])),
+        )
+        .await?;
         for (run, data) in runs.into_iter().zip(fetched) {
             for (slot, block) in out[run].iter_mut().zip(data) {
                 *slot = Some(block);
@@ -167,7 +179,8 @@ impl Image {
             .map(|block| {
                 let from = (block.pos - start) as usize;
                 let data = self.decode(block, &raw[from..from + block.stored as usize])?;
-                self.cache.insert(self.key(block), Value::Block(data.clone()));
+                self.cache
+                    .insert(self.key(block), Value::Block(data.clone()));
                 Ok(data)
             })
             .collect()
@@ -176,7 +189,9 @@ impl Image {
     async fn fetch_range(&self, pos: u64, len: u64) -> Result<Bytes> {
         let end = pos.saturating_add(len);
         if end > self.sb.bytes_used {
-            return Err(Error::corrupt(format!("data block at {pos} lies outside the image")));
+            return Err(Error::corrupt(format!(
+                "data block at {pos} lies outside the image"
+            )));
         }
         let meta = &self.meta;
         let data = self.store.read(&meta.key, &meta.etag, pos..end).await?;

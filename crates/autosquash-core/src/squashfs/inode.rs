@@ -115,6 +115,14 @@ impl Inode {
         self.kind.mode_bits() | u32::from(self.perm)
     }
 
+    /// Major and minor device numbers of a device node (squashfs keeps Linux's 32-bit
+    /// `new_encode_dev` format).
+    pub fn device(&self) -> (u32, u32) {
+        let major = (self.rdev >> 8) & 0xfff;
+        let minor = (self.rdev & 0xff) | ((self.rdev >> 12) & 0xfff00);
+        (major, minor)
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == FileKind::Directory
     }
@@ -143,7 +151,9 @@ impl Image {
     pub(crate) fn decode_inode(&self, inode_ref: u64) -> Result<Inode> {
         let block = self.sb.inode_table + (inode_ref >> 16);
         if block >= self.sb.dir_table {
-            return Err(Error::corrupt(format!("inode reference {inode_ref:#x} is outside the inode table")));
+            return Err(Error::corrupt(format!(
+                "inode reference {inode_ref:#x} is outside the inode table"
+            )));
         }
         let mut c = self.cursor(block, (inode_ref & 0xffff) as usize)?;
         let (kind, extended) = FileKind::from_type(c.u16()?)?;
@@ -196,7 +206,8 @@ impl Image {
                 let frag = c.u32()?;
                 let frag_offset = c.u32()?;
                 inode.size = u64::from(c.u32()?);
-                inode.body = Body::File(self.file_body(&mut c, start, frag, frag_offset, inode.size)?);
+                inode.body =
+                    Body::File(self.file_body(&mut c, start, frag, frag_offset, inode.size)?);
             }
             (FileKind::File, true) => {
                 let start = c.u64()?;
@@ -206,7 +217,8 @@ impl Image {
                 let frag = c.u32()?;
                 let frag_offset = c.u32()?;
                 inode.xattr = c.u32()?;
-                inode.body = Body::File(self.file_body(&mut c, start, frag, frag_offset, inode.size)?);
+                inode.body =
+                    Body::File(self.file_body(&mut c, start, frag, frag_offset, inode.size)?);
             }
             (FileKind::Symlink, _) => {
                 inode.nlink = c.u32()?;
@@ -251,7 +263,11 @@ impl Image {
     ) -> Result<FileBody> {
         let bs = u64::from(self.sb.block_size);
         let has_fragment = frag != NO_INDEX;
-        let count = if has_fragment { size / bs } else { size.div_ceil(bs) };
+        let count = if has_fragment {
+            size / bs
+        } else {
+            size.div_ceil(bs)
+        };
         if count > MAX_FILE_BLOCKS {
             return Err(Error::Limit(format!(
                 "file of {size} bytes has {count} blocks (limit {MAX_FILE_BLOCKS})"

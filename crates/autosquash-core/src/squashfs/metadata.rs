@@ -87,7 +87,12 @@ impl Image {
 
     /// Reads entry `index` of a lookup table (ids, fragments, xattr ids) made of `entry_size`
     /// entries in metadata blocks, whose block positions are listed at `index_pos`.
-    pub(crate) fn table_entry(&self, index_pos: u64, entry_size: usize, index: u64) -> Result<MetaCursor<'_>> {
+    pub(crate) fn table_entry(
+        &self,
+        index_pos: u64,
+        entry_size: usize,
+        index: u64,
+    ) -> Result<MetaCursor<'_>> {
         let byte = index * entry_size as u64;
         let slot = index_pos + (byte / BLOCK_SIZE as u64) * 8;
         let pointer = u64::from_le_bytes(

@@ -99,7 +99,10 @@ impl Image {
         let mut image = Image {
             id: NEXT_IMAGE_ID.fetch_add(1, Ordering::Relaxed),
             codec: Codec::from_id(sb.compressor)?,
-            tables: Tables { start, bytes: tables },
+            tables: Tables {
+                start,
+                bytes: tables,
+            },
             ids: Vec::new(),
             cache,
             known: RwLock::default(),
@@ -165,7 +168,9 @@ impl Image {
     /// a directory's parent field must name `dir`, the root is never a child, and depth is
     /// capped. With those checks a walk from the root can never loop.
     pub fn entry_inode(&self, dir: &Inode, entry: &DirEntry) -> Result<Arc<Inode>> {
-        let parent = self.known_get(dir.ino).ok_or(Error::UnknownInode(dir.ino))?;
+        let parent = self
+            .known_get(dir.ino)
+            .ok_or(Error::UnknownInode(dir.ino))?;
         let inode = self.inode_at(entry.ino, entry.inode_ref)?;
         if inode.ino != entry.ino || inode.kind != entry.kind {
             return Err(Error::corrupt(format!(
@@ -193,12 +198,17 @@ impl Image {
     /// following symlinks.
     pub fn resolve(&self, path: &[u8]) -> Result<Arc<Inode>> {
         let mut inode = self.root()?;
-        for name in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+        for name in path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
             let shown = || String::from_utf8_lossy(path).into_owned();
             if !inode.is_dir() {
                 return Err(Error::NoEntry(shown()));
             }
-            inode = self.lookup(&inode, name)?.ok_or_else(|| Error::NoEntry(shown()))?;
+            inode = self
+                .lookup(&inode, name)?
+                .ok_or_else(|| Error::NoEntry(shown()))?;
         }
         Ok(inode)
     }

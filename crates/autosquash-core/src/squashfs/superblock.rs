@@ -100,7 +100,9 @@ impl Superblock {
             tables.push(("xattr", self.xattr_table));
         }
         if start < SIZE as u64 || start >= end {
-            return Err(Error::corrupt(format!("inode table at {start} is outside the image")));
+            return Err(Error::corrupt(format!(
+                "inode table at {start} is outside the image"
+            )));
         }
         for (name, pos) in tables {
             if !in_tail(pos) {

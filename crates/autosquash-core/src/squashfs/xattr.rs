@@ -21,7 +21,10 @@ impl Image {
         let table_start = header.u64()?;
         let id_count = u64::from(header.u32()?);
         if u64::from(inode.xattr) >= id_count {
-            return Err(Error::corrupt(format!("xattr index {} out of range", inode.xattr)));
+            return Err(Error::corrupt(format!(
+                "xattr index {} out of range",
+                inode.xattr
+            )));
         }
         let mut id = self.table_entry(self.sb.xattr_table + 16, 16, u64::from(inode.xattr))?;
         let xattr_ref = id.u64()?;

@@ -143,14 +143,29 @@ mod tests {
         std::fs::write(dir.path().join("a.squash"), b"0123456789").unwrap();
         std::fs::write(dir.path().join("sub/b"), b"x").unwrap();
         let store = DirStore::new(dir.path());
-        let keys: Vec<_> = store.list("").await.unwrap().into_iter().map(|o| o.key).collect();
+        let keys: Vec<_> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         assert_eq!(keys, ["a.squash", "sub/b"]);
         let meta = store.head("a.squash").await.unwrap();
         assert_eq!(meta.size, 10);
-        assert_eq!(&store.read("a.squash", &meta.etag, 2..5).await.unwrap()[..], b"234");
+        assert_eq!(
+            &store.read("a.squash", &meta.etag, 2..5).await.unwrap()[..],
+            b"234"
+        );
         assert!(store.read("a.squash", &meta.etag, 5..11).await.is_err());
-        assert!(matches!(store.head("../etc").await, Err(Error::InvalidKey(_))));
-        assert!(matches!(store.head("nope").await, Err(Error::ObjectNotFound(_))));
+        assert!(matches!(
+            store.head("../etc").await,
+            Err(Error::InvalidKey(_))
+        ));
+        assert!(matches!(
+            store.head("nope").await,
+            Err(Error::ObjectNotFound(_))
+        ));
         // Replacement by rename gives a new inode, hence a new ETag.
         std::fs::write(dir.path().join("new"), b"abcdefghij").unwrap();
         std::fs::rename(dir.path().join("new"), dir.path().join("a.squash")).unwrap();

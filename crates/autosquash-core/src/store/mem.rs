@@ -38,7 +38,8 @@ impl MemStore {
     /// Adds or replaces an object; a replacement gets a new ETag.
     pub fn put(&self, key: &str, data: impl Into<Bytes>) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(key.to_owned(), (data.into(), generation));
+        self.lock()
+            .insert(key.to_owned(), (data.into(), generation));
     }
 
     pub fn remove(&self, key: &str) {
@@ -149,7 +150,10 @@ mod tests {
         let store = MemStore::new();
         store.put("a", &b"hello"[..]);
         let meta = store.head("a").await.unwrap();
-        assert_eq!(&store.read("a", &meta.etag, 1..4).await.unwrap()[..], b"ell");
+        assert_eq!(
+            &store.read("a", &meta.etag, 1..4).await.unwrap()[..],
+            b"ell"
+        );
         assert!(store.read("a", &meta.etag, 3..6).await.is_err());
         store.put("a", &b"world"[..]);
         assert!(matches!(

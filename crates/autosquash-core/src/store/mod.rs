@@ -42,7 +42,9 @@ pub fn check_key(key: &str) -> Result<()> {
     let bad = key.is_empty()
         || key.starts_with('/')
         || key.contains('\0')
-        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         Err(Error::InvalidKey(key.to_owned()))
     } else {
@@ -67,7 +69,16 @@ mod tests {
 
     #[test]
     fn keys_that_escape_are_rejected() {
-        for bad in ["", "/etc/passwd", "a/../b", "..", "./a", "a//b", "a/", "a\0b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "..",
+            "./a",
+            "a//b",
+            "a/",
+            "a\0b",
+        ] {
             assert!(check_key(bad).is_err(), "{bad:?} accepted");
         }
         for good in ["a.squash", "dir/a.squash", "..a", "a..b/c"] {

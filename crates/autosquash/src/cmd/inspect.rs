@@ -52,7 +52,13 @@ pub async fn ls(args: LsArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_entry(out: &mut impl Write, image: &Image, inode: &Inode, name: &[u8], long: bool) -> Result<()> {
+fn print_entry(
+    out: &mut impl Write,
+    image: &Image,
+    inode: &Inode,
+    name: &[u8],
+    long: bool,
+) -> Result<()> {
     let name = std::ffi::OsStr::from_bytes(name).to_string_lossy();
     if !long {
         writeln!(out, "{name}")?;
@@ -60,7 +66,8 @@ fn print_entry(out: &mut impl Write, image: &Image, inode: &Inode, name: &[u8], 
     }
     let size = match inode.kind {
         FileKind::BlockDevice | FileKind::CharDevice => {
-            format!("{},{}", (inode.rdev >> 8) & 0xfff, (inode.rdev & 0xff) | ((inode.rdev >> 12) & 0xfff00))
+            let (major, minor) = inode.device();
+            format!("{major},{minor}")
         }
         _ => inode.size.to_string(),
     };
@@ -133,7 +140,11 @@ pub async fn cat(args: CatArgs) -> Result<()> {
             .await
             .with_context(|| format!("{}:{} at offset {offset}", args.image, args.path))?;
         if data.is_empty() {
-            bail!("{}:{}: image ended early at offset {offset}", args.image, args.path);
+            bail!(
+                "{}:{}: image ended early at offset {offset}",
+                args.image,
+                args.path
+            );
         }
         out.write_all(&data)?;
         offset += data.len() as u64;

@@ -1,0 +1,87 @@
+//! Shared helpers of the engine's integration tests: the corpus (built once per test binary)
+//! and a walker that opens images through a store.
+#![allow(dead_code)]
+
+use autosquash_core::{BlockCache, DirStore, Image, Inode, MemStore, Store};
+use autosquash_testkit::corpus::{self, Corpus};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+/// The corpus, built at most once per test binary, in a directory that lives as long.
+pub fn corpus() -> &'static Corpus {
+    static CORPUS: OnceLock<(tempfile::TempDir, Corpus)> = OnceLock::new();
+    &CORPUS
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let corpus = corpus::build(dir.path());
+            (dir, corpus)
+        })
+        .1
+}
+
+pub fn cache() -> Arc<BlockCache> {
+    BlockCache::new(64 << 20)
+}
+
+/// Opens an image file through a `DirStore` of its directory.
+pub async fn open_file(path: &Path) -> autosquash_core::Result<Arc<Image>> {
+    let store: Arc<dyn Store> = Arc::new(DirStore::new(path.parent().unwrap()));
+    let meta = store
+        .head(path.file_name().unwrap().to_str().unwrap())
+        .await?;
+    Image::open(store, meta, cache()).await
+}
+
+/// Puts `bytes` into a fresh `MemStore` as "img" and opens it.
+pub async fn open_mem(bytes: Vec<u8>) -> (Arc<MemStore>, autosquash_core::Result<Arc<Image>>) {
+    let store = Arc::new(MemStore::new());
+    store.put("img", bytes);
+    let meta = store.head("img").await.unwrap();
+    let image = Image::open(store.clone(), meta, cache()).await;
+    (store, image)
+}
+
+/// Reads a whole file in chunks of `chunk` bytes.
+pub async fn read_all(
+    image: &Image,
+    inode: &Inode,
+    chunk: usize,
+) -> autosquash_core::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while (out.len() as u64) < inode.size {
+        let data = image.read(inode, out.len() as u64, chunk).await?;
+        if data.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok(out)
+}
+
+/// Visits every inode of an image (depth first), reading every file, symlink and xattr list,
+/// and returns the first error. Stops after `limit` entries so hostile images end quickly.
+pub async fn walk_everything(image: &Image, limit: usize) -> autosquash_core::Result<usize> {
+    let mut stack = vec![image.root()?];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in image.listing(&dir)?.iter() {
+            seen += 1;
+            if seen > limit {
+                return Ok(seen);
+            }
+            let inode = image.entry_inode(&dir, entry)?;
+            image.xattrs(&inode)?;
+            match inode.kind {
+                autosquash_core::FileKind::Directory => stack.push(inode),
+                autosquash_core::FileKind::File => {
+                    read_all(image, &inode, 1 << 20).await?;
+                }
+                autosquash_core::FileKind::Symlink => {
+                    image.readlink(&inode)?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(seen)
+}
