@@ -1,7 +1,9 @@
 //! The `autosquash` command line.
 
 mod cmd;
+mod mountpoint;
 mod source;
+mod units;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +24,18 @@ enum Command {
     Ls(cmd::inspect::LsArgs),
     /// Write a file from inside an image to standard output.
     Cat(cmd::inspect::CatArgs),
+    /// Serve the images of a source as directories under a mountpoint (foreground).
+    Serve(cmd::serve::ServeArgs),
+    /// Build a few demo images and serve them (no root or extra tools needed to build them).
+    Demo(cmd::demo::DemoArgs),
+}
+
+/// The daemon reports what it mounts; one-shot commands only speak up about problems.
+fn default_log(command: &Command) -> &'static str {
+    match command {
+        Command::Serve(_) | Command::Demo(_) => "info",
+        _ => "warn",
+    }
 }
 
 fn main() -> ExitCode {
@@ -29,7 +43,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AUTOSQUASH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log(&cli.command))),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -44,6 +58,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Ls(args) => cmd::inspect::ls(args).await,
             Command::Cat(args) => cmd::inspect::cat(args).await,
+            Command::Serve(args) => cmd::serve::serve(args).await,
+            Command::Demo(args) => cmd::demo::demo(args).await,
         }
     });
     match result {

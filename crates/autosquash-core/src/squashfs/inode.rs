@@ -123,6 +123,14 @@ impl Inode {
         (major, minor)
     }
 
+    /// The inode number of a directory's parent (for the root: a number past the last inode).
+    pub fn parent(&self) -> Option<u32> {
+        match &self.body {
+            Body::Directory(d) => Some(d.parent),
+            _ => None,
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == FileKind::Directory
     }

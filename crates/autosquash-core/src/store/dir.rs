@@ -28,6 +28,39 @@ impl DirStore {
         Ok(self.root.join(key))
     }
 
+    /// A channel that receives a message shortly after files in the directory change (created,
+    /// removed, renamed, rewritten), so listings can be refreshed without polling.
+    pub fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<()>> {
+        use futures::StreamExt;
+        use inotify::{Inotify, WatchMask};
+        let fail = |e: std::io::Error| Error::store(&self.describe(), format!("inotify: {e}"));
+        let inotify = Inotify::init().map_err(fail)?;
+        inotify
+            .watches()
+            .add(
+                &self.root,
+                WatchMask::CREATE
+                    | WatchMask::DELETE
+                    | WatchMask::MOVED_TO
+                    | WatchMask::MOVED_FROM
+                    | WatchMask::CLOSE_WRITE
+                    | WatchMask::ATTRIB,
+            )
+            .map_err(fail)?;
+        let mut events = inotify.into_event_stream(vec![0u8; 4096]).map_err(fail)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while events.next().await.is_some() {
+                // A full channel already holds a pending notification: dropping this one
+                // coalesces bursts (a copy writes many events) into one refresh.
+                if tx.try_send(()).is_err() && tx.is_closed() {
+                    break;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     fn io_error(key: &str, err: std::io::Error) -> Error {
         if err.kind() == ErrorKind::NotFound {
             Error::ObjectNotFound(key.to_owned())

@@ -1,0 +1,585 @@
+//! The filesystem logic, free of any FUSE type so it can be tested without a kernel.
+//!
+//! The root lists one directory per `<name>.squash` object. Looking a name up "mounts" the
+//! image (opens it through the engine) into a *slot*; every inode number handed to the kernel
+//! carries the slot in its high 32 bits and the squashfs inode number in the low 32 bits. A
+//! slot lives until the kernel has forgotten every inode of it, so numbers are never reused
+//! while the kernel may still ask about them.
+//!
+//! Lifecycle: an image with no open files and no activity for the idle timeout, or whose
+//! object was replaced or removed (as soon as it has no open files), is *retired*: the next
+//! lookup mounts the current version, and the caller invalidates the kernel's dentry.
+
+use crate::error::{FsError, FsResult};
+use autosquash_core::{BlockCache, FileKind, Image, Inode, ObjectMeta, Store};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+/// The FUSE root's inode number.
+pub const ROOT_INO: u64 = 1;
+/// Objects with this suffix are images; the name shown is the key without it.
+pub const IMAGE_SUFFIX: &str = ".squash";
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Key prefix of the images in the store ("" for a local directory).
+    pub prefix: String,
+    pub idle_timeout: Duration,
+    /// Owner override for every entry (as mount options `uid=`/`gid=` would).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Memory budget for decompressed blocks, inodes and listings of all images.
+    pub memory_limit: u64,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            idle_timeout: Duration::from_secs(300),
+            uid: None,
+            gid: None,
+            memory_limit: 256 << 20,
+        }
+    }
+}
+
+/// Attributes of one entry, as the kernel needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+/// One readdir entry; `next` is the offset at which the following entry starts.
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub name: Vec<u8>,
+    pub next: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FsStat {
+    pub blocks: u64,
+    pub files: u64,
+    pub bsize: u32,
+}
+
+/// One mounted image version.
+struct Mounted {
+    slot: u32,
+    name: String,
+    image: Arc<Image>,
+    /// Kernel references to inodes of this slot (lookups minus forgets).
+    lookups: AtomicU64,
+    open_files: AtomicU64,
+    /// Milliseconds since the filesystem started, at the last operation.
+    last_used: AtomicU64,
+    /// The object changed or vanished: retire as soon as no file is open.
+    outdated: AtomicBool,
+    retired: AtomicBool,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.image.forget();
+        info!(image = %self.name, slot = self.slot, "image unmounted");
+    }
+}
+
+struct Handle {
+    mounted: Arc<Mounted>,
+    inode: Arc<Inode>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The root listing: image name → object version.
+    images: BTreeMap<String, ObjectMeta>,
+    /// The current mount of each name.
+    mounted: HashMap<String, Arc<Mounted>>,
+    /// Every slot the kernel may still reference, current or retired.
+    slots: HashMap<u32, Arc<Mounted>>,
+    next_slot: u32,
+    /// Versions that failed to open as invalid images: answered at once, logged once.
+    broken: HashMap<String, String>,
+    handles: HashMap<u64, Handle>,
+    next_handle: u64,
+    /// Keys that are not images, each logged once.
+    ignored: std::collections::HashSet<String>,
+    /// When the root listing last changed (the root's mtime).
+    root_mtime: u32,
+}
+
+pub struct AutoFs {
+    store: Arc<dyn Store>,
+    config: FsConfig,
+    cache: Arc<BlockCache>,
+    state: Mutex<State>,
+    /// Serializes mounts so concurrent first lookups of one image open it once.
+    mounting: tokio::sync::Mutex<()>,
+    started: Instant,
+}
+
+fn split(ino: u64) -> (u32, u32) {
+    ((ino >> 32) as u32, ino as u32)
+}
+
+fn join(slot: u32, ino: u32) -> u64 {
+    (u64::from(slot) << 32) | u64::from(ino)
+}
+
+fn now_secs() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
+/// The image name of a key, if it is an image directly under `prefix` whose name is usable
+/// as one path component.
+pub fn image_name<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    let name = key.strip_prefix(prefix)?.strip_suffix(IMAGE_SUFFIX)?;
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.starts_with('.')
+        || name.contains('/')
+        || name.chars().any(char::is_control);
+    (!bad).then_some(name)
+}
+
+impl AutoFs {
+    pub fn new(store: Arc<dyn Store>, config: FsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cache: BlockCache::new(config.memory_limit),
+            store,
+            config,
+            state: Mutex::new(State {
+                next_slot: 1,
+                next_handle: 1,
+                root_mtime: now_secs(),
+                ..State::default()
+            }),
+            mounting: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self, m: &Mounted) {
+        m.last_used.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Re-lists the store and updates the root. Images whose object changed or vanished are
+    /// marked outdated (they keep serving open files until retired by [`AutoFs::expire`]).
+    pub async fn refresh(&self) -> autosquash_core::Result<()> {
+        let objects = self.store.list(&self.config.prefix).await?;
+        let mut images = BTreeMap::new();
+        let mut state = self.state();
+        for object in objects {
+            match image_name(&self.config.prefix, &object.key) {
+                Some(name) => {
+                    images.insert(name.to_owned(), object);
+                }
+                None => {
+                    if state.ignored.insert(object.key.clone()) {
+                        info!(key = %object.key, "ignoring: not a <name>{IMAGE_SUFFIX} object with a usable name");
+                    }
+                }
+            }
+        }
+        if state.images.keys().ne(images.keys()) {
+            state.root_mtime = now_secs();
+        }
+        for (name, m) in &state.mounted {
+            if images
+                .get(name)
+                .is_none_or(|o| o.etag != m.image.meta().etag)
+            {
+                if !m.outdated.swap(true, Ordering::Relaxed) {
+                    info!(image = %name, "image replaced or removed; switching when idle");
+                }
+            }
+        }
+        state
+            .broken
+            .retain(|name, etag| images.get(name).is_some_and(|o| &o.etag == etag));
+        state.images = images;
+        Ok(())
+    }
+
+    /// Retires idle and outdated images and frees slots the kernel has forgotten. Returns the
+    /// names whose root dentry the kernel should invalidate.
+    pub fn expire(&self) -> Vec<String> {
+        let now = self.now_ms();
+        let idle_ms = self.config.idle_timeout.as_millis() as u64;
+        let mut state = self.state();
+        let retire: Vec<String> = state
+            .mounted
+            .values()
+            .filter(|m| {
+                m.open_files.load(Ordering::Relaxed) == 0
+                    && (m.outdated.load(Ordering::Relaxed)
+                        || now.saturating_sub(m.last_used.load(Ordering::Relaxed)) >= idle_ms)
+            })
+            .map(|m| m.name.clone())
+            .collect();
+        for name in &retire {
+            if let Some(m) = state.mounted.remove(name) {
+                m.retired.store(true, Ordering::Relaxed);
+                info!(image = %name, "image idle; releasing");
+            }
+        }
+        state.slots.retain(|_, m| {
+            !(m.retired.load(Ordering::Relaxed)
+                && m.lookups.load(Ordering::Relaxed) == 0
+                && m.open_files.load(Ordering::Relaxed) == 0)
+        });
+        retire
+    }
+
+    /// Number of images currently mounted (not retired) and of live slots.
+    pub fn mounted_count(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.mounted.len(), state.slots.len())
+    }
+
+    /// Mounts the current version of `name`, or returns its existing mount.
+    async fn mount(&self, name: &str) -> FsResult<Arc<Mounted>> {
+        if let Some(m) = self.current(name)? {
+            return Ok(m);
+        }
+        let _one_at_a_time = self.mounting.lock().await;
+        if let Some(m) = self.current(name)? {
+            return Ok(m);
+        }
+        let meta = self
+            .state()
+            .images
+            .get(name)
+            .cloned()
+            .ok_or(FsError::NotFound)?;
+        let image = match Image::open(self.store.clone(), meta.clone(), self.cache.clone()).await {
+            Ok(image) => image,
+            Err(e) => {
+                warn!(image = %name, key = %meta.key, error = %e, "cannot mount image");
+                if matches!(
+                    e,
+                    autosquash_core::Error::Corrupt(_)
+                        | autosquash_core::Error::Unsupported(_)
+                        | autosquash_core::Error::Limit(_)
+                ) {
+                    self.state().broken.insert(name.to_owned(), meta.etag);
+                }
+                return Err(e.into());
+            }
+        };
+        let mut state = self.state();
+        let slot = loop {
+            let slot = state.next_slot;
+            state.next_slot = state.next_slot.checked_add(1).unwrap_or(1);
+            if !state.slots.contains_key(&slot) {
+                break slot;
+            }
+        };
+        let m = Arc::new(Mounted {
+            slot,
+            name: name.to_owned(),
+            image,
+            lookups: AtomicU64::new(0),
+            open_files: AtomicU64::new(0),
+            last_used: AtomicU64::new(self.now_ms()),
+            outdated: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+        });
+        info!(image = %name, slot, etag = %meta.etag, "image mounted");
+        state.slots.insert(slot, m.clone());
+        state.mounted.insert(name.to_owned(), m.clone());
+        Ok(m)
+    }
+
+    /// The existing mount of `name`; an error if its current version is known to be broken.
+    fn current(&self, name: &str) -> FsResult<Option<Arc<Mounted>>> {
+        let state = self.state();
+        if let Some(m) = state.mounted.get(name) {
+            return Ok(Some(m.clone()));
+        }
+        let object = state.images.get(name).ok_or(FsError::NotFound)?;
+        if state.broken.get(name) == Some(&object.etag) {
+            return Err(FsError::Io(format!("image {name} is invalid")));
+        }
+        Ok(None)
+    }
+
+    fn slot(&self, slot: u32) -> FsResult<Arc<Mounted>> {
+        let m = self
+            .state()
+            .slots
+            .get(&slot)
+            .cloned()
+            .ok_or_else(|| FsError::Stale(format!("slot {slot} is gone")))?;
+        self.touch(&m);
+        Ok(m)
+    }
+
+    /// The mounted image and inode behind a (non-root) inode number.
+    fn resolve(&self, ino: u64) -> FsResult<(Arc<Mounted>, Arc<Inode>)> {
+        let (slot, sq) = split(ino);
+        let m = self.slot(slot)?;
+        let inode = m.image.inode(sq).map_err(|e| self.fail(&m, e))?;
+        Ok((m, inode))
+    }
+
+    /// Logs an engine error once, with the image, where it is answered.
+    fn fail(&self, m: &Mounted, e: autosquash_core::Error) -> FsError {
+        warn!(image = %m.name, key = %m.image.meta().key, error = %e, "request failed");
+        e.into()
+    }
+
+    fn attr_of(&self, m: &Mounted, inode: &Inode) -> Attr {
+        Attr {
+            ino: join(m.slot, inode.ino),
+            kind: inode.kind,
+            perm: inode.perm,
+            nlink: inode.nlink,
+            uid: self.config.uid.unwrap_or(inode.uid),
+            gid: self.config.gid.unwrap_or(inode.gid),
+            size: inode.size,
+            mtime: inode.mtime,
+            rdev: inode.rdev,
+            blksize: m.image.info().block_size,
+        }
+    }
+
+    fn root_attr(&self) -> Attr {
+        Attr {
+            ino: ROOT_INO,
+            kind: FileKind::Directory,
+            perm: 0o755,
+            nlink: 2,
+            uid: self.config.uid.unwrap_or(0),
+            gid: self.config.gid.unwrap_or(0),
+            size: 0,
+            mtime: self.state().root_mtime,
+            rdev: 0,
+            blksize: 4096,
+        }
+    }
+
+    /// Looks `name` up in `parent`; on success the kernel holds one more reference.
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        let (m, inode) = if parent == ROOT_INO {
+            let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+            let m = self.mount(name).await?;
+            let root = m.image.root().map_err(|e| self.fail(&m, e))?;
+            (m, root)
+        } else {
+            let (m, dir) = self.resolve(parent)?;
+            if !dir.is_dir() {
+                return Err(FsError::NotDir);
+            }
+            let child = m.image.lookup(&dir, name).map_err(|e| self.fail(&m, e))?;
+            (m, child.ok_or(FsError::NotFound)?)
+        };
+        m.lookups.fetch_add(1, Ordering::Relaxed);
+        self.touch(&m);
+        Ok(self.attr_of(&m, &inode))
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let state = self.state();
+        if let Some(m) = state.slots.get(&split(ino).0) {
+            // Saturating: a confused kernel count must not wrap into "referenced forever".
+            let _ = m
+                .lookups
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(n))
+                });
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if ino == ROOT_INO {
+            return Ok(self.root_attr());
+        }
+        let (m, inode) = self.resolve(ino)?;
+        Ok(self.attr_of(&m, &inode))
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let (m, inode) = self.resolve(ino)?;
+        let target = m.image.readlink(&inode).map_err(|_| FsError::Invalid)?;
+        Ok(target.to_vec())
+    }
+
+    /// Entries of directory `ino` from `offset` on: 0 is `.`, 1 is `..`, then the entries.
+    pub fn readdir(&self, ino: u64, offset: u64) -> FsResult<Vec<DirItem>> {
+        let dot = |ino, name: &[u8], next| DirItem {
+            ino,
+            kind: FileKind::Directory,
+            name: name.to_vec(),
+            next,
+        };
+        let mut items = Vec::new();
+        if ino == ROOT_INO {
+            items.push(dot(ROOT_INO, b".", 1));
+            items.push(dot(ROOT_INO, b"..", 2));
+            let state = self.state();
+            for (i, name) in state.images.keys().enumerate() {
+                // Unmounted images have no inode number yet; any number outside the slot
+                // space will do for d_ino, the real one comes with lookup.
+                let ino = state
+                    .mounted
+                    .get(name)
+                    .map_or(2 + i as u64, |m| join(m.slot, m.image.root_ino()));
+                items.push(dot(ino, name.as_bytes(), 3 + i as u64));
+            }
+        } else {
+            let (m, dir) = self.resolve(ino)?;
+            if !dir.is_dir() {
+                return Err(FsError::NotDir);
+            }
+            let parent = if dir.ino == m.image.root_ino() {
+                ROOT_INO
+            } else {
+                join(m.slot, dir.parent().unwrap_or(dir.ino))
+            };
+            items.push(dot(ino, b".", 1));
+            items.push(dot(parent, b"..", 2));
+            let listing = m.image.listing(&dir).map_err(|e| self.fail(&m, e))?;
+            for (i, entry) in listing
+                .iter()
+                .enumerate()
+                .skip(offset.saturating_sub(2) as usize)
+            {
+                items.push(DirItem {
+                    ino: join(m.slot, entry.ino),
+                    kind: entry.kind,
+                    name: entry.name.to_vec(),
+                    next: 3 + i as u64,
+                });
+            }
+        }
+        Ok(items
+            .into_iter()
+            .skip_while(|item| item.next <= offset)
+            .collect())
+    }
+
+    /// Opens a regular file for reading; writing is refused.
+    pub fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        if ino == ROOT_INO {
+            return Err(FsError::IsDir);
+        }
+        let (m, inode) = self.resolve(ino)?;
+        match inode.kind {
+            FileKind::File => {}
+            FileKind::Directory => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid),
+        }
+        m.open_files.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state();
+        let fh = state.next_handle;
+        state.next_handle += 1;
+        state.handles.insert(fh, Handle { mounted: m, inode });
+        Ok(fh)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let (m, inode) = {
+            let state = self.state();
+            let handle = state.handles.get(&fh).ok_or(FsError::BadHandle)?;
+            (handle.mounted.clone(), handle.inode.clone())
+        };
+        self.touch(&m);
+        m.image
+            .read(&inode, offset, size as usize)
+            .await
+            .map_err(|e| self.fail(&m, e))
+    }
+
+    pub fn release(&self, fh: u64) {
+        if let Some(handle) = self.state().handles.remove(&fh) {
+            handle.mounted.open_files.fetch_sub(1, Ordering::Relaxed);
+            self.touch(&handle.mounted);
+        }
+    }
+
+    /// The value of extended attribute `name`.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if ino == ROOT_INO {
+            return Err(FsError::NoXattr);
+        }
+        let (m, inode) = self.resolve(ino)?;
+        let xattrs = m.image.xattrs(&inode).map_err(|e| self.fail(&m, e))?;
+        xattrs
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or(FsError::NoXattr)
+    }
+
+    /// Names of the extended attributes, each followed by a NUL (the listxattr format).
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if ino == ROOT_INO {
+            return Ok(Vec::new());
+        }
+        let (m, inode) = self.resolve(ino)?;
+        let xattrs = m.image.xattrs(&inode).map_err(|e| self.fail(&m, e))?;
+        let mut out = Vec::new();
+        for (name, _) in xattrs {
+            out.extend_from_slice(&name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn statfs(&self, ino: u64) -> FsResult<FsStat> {
+        if ino == ROOT_INO {
+            return Ok(FsStat {
+                blocks: 0,
+                files: self.state().images.len() as u64,
+                bsize: 4096,
+            });
+        }
+        let (m, _) = self.resolve(ino)?;
+        let info = m.image.info();
+        Ok(FsStat {
+            blocks: info.bytes_used.div_ceil(u64::from(info.block_size)),
+            files: u64::from(info.inode_count),
+            bsize: info.block_size,
+        })
+    }
+}
