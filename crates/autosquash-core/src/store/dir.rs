@@ -1,5 +1,8 @@
 //! A local directory as a store: files are objects, the ETag is derived from size, mtime and
 //! inode number, so a replaced file (new inode or new mtime) is noticed on the next read.
+//!
+//! Open files are kept per (key, ETag): a version replaced by rename stays readable through
+//! its descriptor for as long as readers pin it, the local equivalent of S3's If-Match.
 
 use super::{ObjectMeta, Store, check_key, check_range};
 use crate::error::{Error, Result};
@@ -9,14 +12,50 @@ use std::io::ErrorKind;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Descriptors kept open; the oldest is closed beyond this.
+const OPEN_FILES: usize = 64;
 
 pub struct DirStore {
     root: PathBuf,
+    /// Most recently used last.
+    open: Mutex<Vec<(String, String, Arc<File>)>>,
 }
 
 impl DirStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            open: Mutex::default(),
+        }
+    }
+
+    /// An open descriptor of version `etag` of `key`: a kept one, or the current file.
+    fn file(&self, key: &str, etag_wanted: &str) -> Result<Arc<File>> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = open
+            .iter()
+            .position(|(k, e, _)| k == key && e == etag_wanted)
+        {
+            let entry = open.remove(i);
+            let file = entry.2.clone();
+            open.push(entry);
+            return Ok(file);
+        }
+        drop(open);
+        let file = File::open(self.path(key)?).map_err(|e| Self::io_error(key, e))?;
+        let meta = file.metadata().map_err(|e| Self::io_error(key, e))?;
+        if etag(&meta) != etag_wanted {
+            return Err(Error::Replaced(key.to_owned()));
+        }
+        let file = Arc::new(file);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.len() >= OPEN_FILES {
+            open.remove(0);
+        }
+        open.push((key.to_owned(), etag_wanted.to_owned(), file.clone()));
+        Ok(file)
     }
 
     pub fn root(&self) -> &Path {
@@ -141,11 +180,11 @@ impl Store for DirStore {
     }
 
     async fn read(&self, key: &str, etag_wanted: &str, range: Range<u64>) -> Result<Bytes> {
-        let path = self.path(key)?;
+        let file = self.file(key, etag_wanted)?;
         let key = key.to_owned();
         let etag_wanted = etag_wanted.to_owned();
         tokio::task::spawn_blocking(move || {
-            let file = File::open(&path).map_err(|e| Self::io_error(&key, e))?;
+            // Rewritten in place (same inode, new mtime or size): never mix versions.
             let meta = file.metadata().map_err(|e| Self::io_error(&key, e))?;
             if etag(&meta) != etag_wanted {
                 return Err(Error::Replaced(key));
@@ -199,11 +238,26 @@ mod tests {
             store.head("nope").await,
             Err(Error::ObjectNotFound(_))
         ));
-        // Replacement by rename gives a new inode, hence a new ETag.
+        // Replacement by rename gives a new inode, hence a new ETag; the old version stays
+        // readable through the kept descriptor.
         std::fs::write(dir.path().join("new"), b"abcdefghij").unwrap();
         std::fs::rename(dir.path().join("new"), dir.path().join("a.squash")).unwrap();
+        assert_eq!(
+            &store.read("a.squash", &meta.etag, 0..3).await.unwrap()[..],
+            b"012"
+        );
+        let new = store.head("a.squash").await.unwrap();
+        assert_ne!(new.etag, meta.etag);
+        assert_eq!(
+            &store.read("a.squash", &new.etag, 0..3).await.unwrap()[..],
+            b"abc"
+        );
+        // A version never opened before is gone once replaced.
+        std::fs::write(dir.path().join("sub/b2"), b"y").unwrap();
+        let b = store.head("sub/b").await.unwrap();
+        std::fs::rename(dir.path().join("sub/b2"), dir.path().join("sub/b")).unwrap();
         assert!(matches!(
-            store.read("a.squash", &meta.etag, 0..1).await,
+            store.read("sub/b", &b.etag, 0..1).await,
             Err(Error::Replaced(_))
         ));
     }

@@ -1,0 +1,252 @@
+//! The filesystem logic without a kernel: root listing, mount on lookup, inode mapping,
+//! readdir offsets, idle expiry, slot lifetime, replacement and broken images.
+
+use autosquash_core::{FileKind, MemStore};
+use autosquash_fs::fs::ROOT_INO;
+use autosquash_fs::{AutoFs, FsConfig, FsError};
+use autosquash_testkit::corpus::mksquashfs;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A small image with a file, a directory of 50 entries and a symlink.
+fn image(content: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("many")).unwrap();
+    std::fs::write(src.join("file.txt"), content).unwrap();
+    for i in 0..50 {
+        std::fs::write(src.join("many").join(format!("e{i:02}")), format!("{i}")).unwrap();
+    }
+    std::os::unix::fs::symlink("file.txt", src.join("link")).unwrap();
+    let out = dir.path().join("i.squash");
+    mksquashfs(&src, &out, &["-comp", "gzip"]);
+    std::fs::read(out).unwrap()
+}
+
+async fn setup(idle: Duration) -> (Arc<MemStore>, Arc<AutoFs>) {
+    let store = Arc::new(MemStore::new());
+    store.put("images/one.squash", image("version 1\n"));
+    store.put("images/two.squash", image("two\n"));
+    store.put("images/notes.txt", &b"not an image"[..]);
+    store.put("images/.hidden.squash", image("x"));
+    store.put("images/sub/deeper.squash", image("x"));
+    let fs = AutoFs::new(
+        store.clone(),
+        FsConfig {
+            prefix: "images/".into(),
+            idle_timeout: idle,
+            ..FsConfig::default()
+        },
+    );
+    fs.refresh().await.unwrap();
+    (store, fs)
+}
+
+fn names(items: &[autosquash_fs::fs::DirItem]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| String::from_utf8_lossy(&i.name).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn root_lists_images_and_unknown_names_cost_nothing() {
+    let (store, fs) = setup(Duration::from_secs(300)).await;
+    assert_eq!(
+        names(&fs.readdir(ROOT_INO, 0).unwrap()),
+        [".", "..", "one", "two"]
+    );
+    store.reset_stats();
+    for stray in [
+        &b".git"[..],
+        b"autorun.inf",
+        b"notes.txt",
+        b"sub",
+        b"one.squash",
+        b"\xff",
+    ] {
+        assert!(matches!(
+            fs.lookup(ROOT_INO, stray).await,
+            Err(FsError::NotFound)
+        ));
+    }
+    assert_eq!(
+        store.stats().reads + store.stats().heads + store.stats().lists,
+        0
+    );
+}
+
+#[tokio::test]
+async fn lookup_mounts_once_and_inode_numbers_carry_the_slot() {
+    let (store, fs) = setup(Duration::from_secs(300)).await;
+    store.reset_stats();
+    let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
+    let reads = store.stats().reads;
+    assert!(reads >= 1 && reads <= 2, "{reads} reads to mount");
+    assert_eq!(fs.lookup(ROOT_INO, b"one").await.unwrap().ino, one.ino);
+    assert_eq!(
+        store.stats().reads,
+        reads,
+        "second lookup re-opened the image"
+    );
+    let two = fs.lookup(ROOT_INO, b"two").await.unwrap();
+    assert_eq!(one.kind, FileKind::Directory);
+    assert_ne!(one.ino >> 32, two.ino >> 32, "two images share a slot");
+    let file = fs.lookup(one.ino, b"file.txt").await.unwrap();
+    assert_eq!(file.ino >> 32, one.ino >> 32);
+    let link = fs.lookup(one.ino, b"link").await.unwrap();
+    assert_eq!(fs.readlink(link.ino).unwrap(), b"file.txt");
+    let fh = fs.open(file.ino, false).unwrap();
+    assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"version 1\n");
+    assert_eq!(&fs.read(fh, 8, 100).await.unwrap()[..], b"1\n");
+    fs.release(fh);
+    assert!(matches!(fs.open(file.ino, true), Err(FsError::ReadOnly)));
+    assert!(matches!(
+        fs.lookup(file.ino, b"x").await,
+        Err(FsError::NotDir)
+    ));
+    assert!(matches!(
+        fs.lookup(one.ino, b"missing").await,
+        Err(FsError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn readdir_resumes_at_any_offset() {
+    let (_store, fs) = setup(Duration::from_secs(300)).await;
+    let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
+    let many = fs.lookup(one.ino, b"many").await.unwrap();
+    let all = fs.readdir(many.ino, 0).unwrap();
+    assert_eq!(all.len(), 52);
+    assert_eq!(all[1].ino, one.ino, "'..' of a subdirectory is its parent");
+    let mut resumed = Vec::new();
+    let mut offset = 0;
+    loop {
+        // Take three entries at a time, as a small kernel buffer would.
+        let page: Vec<_> = fs
+            .readdir(many.ino, offset)
+            .unwrap()
+            .into_iter()
+            .take(3)
+            .collect();
+        let Some(last) = page.last() else { break };
+        offset = last.next;
+        resumed.extend(page);
+    }
+    assert_eq!(names(&resumed), names(&all));
+    let top = fs.readdir(one.ino, 0).unwrap();
+    assert_eq!(top[1].ino, ROOT_INO, "'..' of an image root is the root");
+}
+
+#[tokio::test]
+async fn idle_images_retire_and_slots_live_until_forgotten() {
+    let (_store, fs) = setup(Duration::from_millis(100)).await;
+    let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
+    let file = fs.lookup(one.ino, b"file.txt").await.unwrap();
+    let fh = fs.open(file.ino, false).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(fs.expire().is_empty(), "an image with an open file expired");
+    fs.release(fh);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fs.expire(), ["one"]);
+    assert_eq!(
+        fs.mounted_count(),
+        (0, 1),
+        "slot freed while the kernel holds inodes"
+    );
+    // The kernel may still use what it holds.
+    assert_eq!(fs.getattr(file.ino).unwrap().size, 10);
+    fs.forget(one.ino, 1);
+    fs.forget(file.ino, 1);
+    fs.expire();
+    assert_eq!(fs.mounted_count(), (0, 0));
+    assert!(matches!(fs.getattr(file.ino), Err(FsError::Stale(_))));
+    // The next lookup mounts again, in a new slot.
+    let again = fs.lookup(ROOT_INO, b"one").await.unwrap();
+    assert_ne!(again.ino, one.ino);
+}
+
+#[tokio::test]
+async fn a_replaced_image_keeps_open_files_then_switches() {
+    let (store, fs) = setup(Duration::from_secs(300)).await;
+    let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
+    let file = fs.lookup(one.ino, b"file.txt").await.unwrap();
+    let fh = fs.open(file.ino, false).unwrap();
+    assert_eq!(&fs.read(fh, 0, 4).await.unwrap()[..], b"vers");
+    store.put("images/one.squash", image("version 2, longer\n"));
+    fs.refresh().await.unwrap();
+    assert!(fs.expire().is_empty(), "busy image retired");
+    // Cached data of the old version still reads.
+    assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"version 1\n");
+    fs.release(fh);
+    assert_eq!(
+        fs.expire(),
+        ["one"],
+        "outdated idle image not retired at once"
+    );
+    let new_root = fs.lookup(ROOT_INO, b"one").await.unwrap();
+    let new_file = fs.lookup(new_root.ino, b"file.txt").await.unwrap();
+    let fh = fs.open(new_file.ino, false).unwrap();
+    assert_eq!(
+        &fs.read(fh, 0, 100).await.unwrap()[..],
+        b"version 2, longer\n"
+    );
+}
+
+#[tokio::test]
+async fn removed_images_leave_the_listing() {
+    let (store, fs) = setup(Duration::from_secs(300)).await;
+    fs.lookup(ROOT_INO, b"two").await.unwrap();
+    store.remove("images/two.squash");
+    store.put("images/three.squash", image("3"));
+    fs.refresh().await.unwrap();
+    assert_eq!(
+        names(&fs.readdir(ROOT_INO, 0).unwrap()),
+        [".", "..", "one", "three"]
+    );
+    assert_eq!(fs.expire(), ["two"]);
+    assert!(fs.lookup(ROOT_INO, b"three").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_broken_image_is_eio_once_and_others_keep_serving() {
+    let (store, fs) = setup(Duration::from_secs(300)).await;
+    let mut bad = image("x");
+    bad[0] ^= 0xff;
+    store.put("images/bad.squash", bad);
+    fs.refresh().await.unwrap();
+    assert!(matches!(
+        fs.lookup(ROOT_INO, b"bad").await,
+        Err(FsError::Io(_))
+    ));
+    store.reset_stats();
+    assert!(matches!(
+        fs.lookup(ROOT_INO, b"bad").await,
+        Err(FsError::Io(_))
+    ));
+    assert_eq!(
+        store.stats().reads,
+        0,
+        "a known-broken version was opened again"
+    );
+    assert!(fs.lookup(ROOT_INO, b"one").await.is_ok());
+    // A new version is tried again.
+    store.put("images/bad.squash", image("fixed"));
+    fs.refresh().await.unwrap();
+    assert!(fs.lookup(ROOT_INO, b"bad").await.is_ok());
+}
+
+#[tokio::test]
+async fn an_unreachable_store_fails_mounts_with_eio_not_a_hang() {
+    let (store, fs) = setup(Duration::from_secs(300)).await;
+    store.set_failing(true);
+    assert!(matches!(
+        fs.lookup(ROOT_INO, b"one").await,
+        Err(FsError::Io(_))
+    ));
+    store.set_failing(false);
+    assert!(
+        fs.lookup(ROOT_INO, b"one").await.is_ok(),
+        "a transient failure was remembered"
+    );
+}
