@@ -1,0 +1,174 @@
+//! End-to-end harness: runs the real `autosquash` binary on a real FUSE mount, and mounts
+//! images with the kernel's own squashfs for comparison. Needs root and /dev/fuse (CI has both).
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let wanted = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+}
+
+/// Waits until `cond` holds, up to `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A temporary directory others can traverse (tests run commands as `nobody`).
+pub fn open_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A running `autosquash serve`, stopped with SIGTERM on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub mountpoint: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(source: &Path, mountpoint: &Path, extra: &[&str]) -> Daemon {
+        let log = mountpoint.with_extension("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_autosquash"))
+            .arg("serve")
+            .arg("--source")
+            .arg(source)
+            .arg("--mountpoint")
+            .arg(mountpoint)
+            .args(extra)
+            .env("AUTOSQUASH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon {
+            child,
+            mountpoint: mountpoint.to_path_buf(),
+            log,
+        };
+        let start = Instant::now();
+        while !is_mounted(mountpoint) {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!("daemon exited with {status}: {}", daemon.log_text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon did not mount: {}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit and unmount.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let status = self.child.wait().unwrap();
+        assert!(!is_mounted(&self.mountpoint), "still mounted after SIGTERM");
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal("TERM");
+            let _ = self.child.wait();
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+/// The kernel's own squashfs mount of an image, unmounted on drop.
+pub struct KernelMount(pub PathBuf);
+
+impl KernelMount {
+    pub fn new(image: &Path, at: &Path) -> KernelMount {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "squashfs", "-o", "loop,ro"])
+            .arg(image)
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kernel mount of {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        KernelMount(at.to_path_buf())
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The corpus, built once per test binary.
+pub fn corpus() -> &'static autosquash_testkit::corpus::Corpus {
+    static CORPUS: OnceLock<(tempfile::TempDir, autosquash_testkit::corpus::Corpus)> =
+        OnceLock::new();
+    &CORPUS
+        .get_or_init(|| {
+            let dir = open_tempdir();
+            let corpus = autosquash_testkit::corpus::build(dir.path());
+            (dir, corpus)
+        })
+        .1
+}
+
+/// A source directory holding (hard links to) every corpus image, as `<variant>.squash`.
+pub fn corpus_source(dir: &Path) -> PathBuf {
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    for v in &corpus().variants {
+        std::fs::hard_link(&v.image, source.join(format!("{}.squash", v.name))).unwrap();
+    }
+    source
+}
+
+/// Runs a shell command, returning (success, stdout, stderr).
+pub fn sh(cmd: &str) -> (bool, String, String) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
