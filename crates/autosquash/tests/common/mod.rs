@@ -76,6 +76,34 @@ impl Daemon {
         daemon
     }
 
+    /// Starts a daemon on a mountpoint holding a stale mount (which `start`'s wait would
+    /// mistake for a live one): waits for the log line saying it serves.
+    pub fn start_keeping_stale(source: &Path, mountpoint: &Path) -> Daemon {
+        let log = mountpoint.with_extension("log2");
+        let child = Command::new(env!("CARGO_BIN_EXE_autosquash"))
+            .arg("serve")
+            .arg("--source")
+            .arg(source)
+            .arg("--mountpoint")
+            .arg(mountpoint)
+            .env("AUTOSQUASH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            child,
+            mountpoint: mountpoint.to_path_buf(),
+            log,
+        };
+        wait_for(
+            Duration::from_secs(20),
+            "the restarted daemon to serve",
+            || daemon.log_text().contains("serving"),
+        );
+        daemon
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,0 +1,269 @@
+//! The daemon's life on a real FUSE mount: permissions and read-only enforcement, idle expiry
+//! and remount, replacement while a file is open, images added and removed, kill -9 and
+//! restart, and clear errors for bad mountpoints.
+
+mod common;
+
+use autosquash_testkit::corpus::{mksquashfs, pseudo_random_bytes};
+use common::{Daemon, is_mounted, open_tempdir, sh, wait_for};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Builds `<source>/<name>.squash` from a tree holding `data.bin` (seeded) and `hello.txt`,
+/// atomically (temporary name, then rename), as an admin's upload would.
+fn put_image(source: &Path, name: &str, seed: u64) -> Vec<u8> {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let data = pseudo_random_bytes(seed, 1 << 20);
+    std::fs::write(src.join("data.bin"), &data).unwrap();
+    std::fs::write(src.join("hello.txt"), format!("hello {seed}\n")).unwrap();
+    let tmp = source.join(format!(".{name}.tmp"));
+    mksquashfs(&src, &tmp, &["-comp", "zstd"]);
+    std::fs::rename(&tmp, source.join(format!("{name}.squash"))).unwrap();
+    data
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = open_tempdir();
+    let source = dir.path().join("source");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    (dir, source, mnt)
+}
+
+fn as_nobody(cmd: &str) -> (bool, String, String) {
+    sh(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{cmd}'"
+    ))
+}
+
+#[test]
+fn permissions_and_read_only_are_enforced() {
+    let (dir, source, mnt) = setup();
+    let src = dir.path().join("tree");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("secret"), "root only\n").unwrap();
+    std::fs::set_permissions(src.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(src.join("public"), "everyone\n").unwrap();
+    std::fs::copy("/usr/bin/id", src.join("setuid-id")).unwrap();
+    std::fs::set_permissions(
+        src.join("setuid-id"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    assert!(sh(&format!("mknod '{}' c 1 3", src.join("null").display())).0);
+    mksquashfs(&src, &source.join("sec.squash"), &[]);
+    let _daemon = Daemon::start(&source, &mnt, &["--allow-other"]);
+    let img = mnt.join("sec");
+    let p = |n: &str| img.join(n).display().to_string();
+
+    let (ok, out, _) = as_nobody(&format!("cat {}", p("public")));
+    assert!(
+        ok && out == "everyone\n",
+        "nobody cannot read a public file"
+    );
+    let (ok, _, err) = as_nobody(&format!("cat {}", p("secret")));
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "nobody read a 0600 root file: {err}"
+    );
+    // nosuid: the setuid bit is shown but grants nothing.
+    assert_eq!(
+        std::fs::metadata(img.join("setuid-id")).unwrap().mode() & 0o4000,
+        0o4000
+    );
+    let (ok, out, err) = as_nobody(&format!("{} -u", p("setuid-id")));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "65534", "a setuid binary gained privileges");
+    // nodev: a device node cannot be opened, even by root.
+    let err = std::fs::File::open(img.join("null")).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EACCES),
+        "device opened: {err}"
+    );
+    // Every write-type operation is refused with EROFS.
+    for cmd in [
+        format!("touch {}", p("new")),
+        format!("echo x >> {}", p("public")),
+        format!("mkdir {}", p("d")),
+        format!("rm {}", p("public")),
+        format!("mv {} {}", p("public"), p("moved")),
+        format!("chmod 777 {}", p("public")),
+        format!("ln -s x {}", p("l")),
+        format!("mknod {} p", p("fifo")),
+        format!(
+            "setfattr -n user.x -v 1 {} 2>&1 || python3 -c 'import os,sys; os.setxattr(sys.argv[1], \"user.x\", b\"1\")' {}",
+            p("public"),
+            p("public")
+        ),
+        format!("touch {}", mnt.join("new-image").display()),
+    ] {
+        let (ok, _, err) = sh(&cmd);
+        assert!(!ok && err.contains("Read-only file system"), "{cmd}: {err}");
+    }
+}
+
+#[test]
+fn idle_images_are_forgotten_and_mount_again() {
+    let (_dir, source, mnt) = setup();
+    let data = put_image(&source, "img", 1);
+    let daemon = Daemon::start(&source, &mnt, &["--idle-timeout", "1s"]);
+    let first = std::fs::metadata(mnt.join("img")).unwrap().ino();
+    assert_eq!(std::fs::read(mnt.join("img/data.bin")).unwrap(), data);
+    // A busy image (an open file) never expires.
+    let mut open = std::fs::File::open(mnt.join("img/data.bin")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        std::fs::metadata(mnt.join("img")).unwrap().ino(),
+        first,
+        "busy image expired"
+    );
+    let mut buf = Vec::new();
+    open.read_to_end(&mut buf).unwrap();
+    drop(open);
+    wait_for(
+        Duration::from_secs(10),
+        "the idle image to be released",
+        || daemon.log_text().contains("image idle"),
+    );
+    // The kernel was told to forget it: the next access mounts it again, in a new slot.
+    let again = std::fs::metadata(mnt.join("img")).unwrap().ino();
+    assert_ne!(again, first, "image not remounted after idle expiry");
+    assert_eq!(std::fs::read(mnt.join("img/data.bin")).unwrap(), data);
+}
+
+#[test]
+fn a_replaced_image_serves_open_files_then_switches() {
+    let (_dir, source, mnt) = setup();
+    let old = put_image(&source, "img", 1);
+    let daemon = Daemon::start(&source, &mnt, &[]);
+    let mut file = std::fs::File::open(mnt.join("img/data.bin")).unwrap();
+    let mut head = vec![0; 1000];
+    file.read_exact(&mut head).unwrap();
+    let new = put_image(&source, "img", 2);
+    wait_for(
+        Duration::from_secs(10),
+        "the replacement to be noticed",
+        || daemon.log_text().contains("replaced or removed"),
+    );
+    // The open file keeps reading the old version, past what was already read.
+    file.seek(SeekFrom::Start(700_000)).unwrap();
+    let mut tail = vec![0; 1000];
+    file.read_exact(&mut tail).unwrap();
+    assert_eq!(tail, old[700_000..701_000], "old and new versions mixed");
+    drop(file);
+    // Once idle, the new version is served.
+    wait_for(Duration::from_secs(10), "the new version", || {
+        std::fs::read(mnt.join("img/data.bin")).is_ok_and(|d| d == new)
+    });
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("img/hello.txt")).unwrap(),
+        "hello 2\n"
+    );
+}
+
+#[test]
+fn images_added_and_removed_show_up_without_restart() {
+    let (_dir, source, mnt) = setup();
+    put_image(&source, "first", 1);
+    std::fs::write(source.join("README.txt"), "not an image").unwrap();
+    let _daemon = Daemon::start(&source, &mnt, &[]);
+    let names = || -> Vec<String> {
+        let mut v: Vec<_> = std::fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(), ["first"]);
+    assert!(std::fs::metadata(mnt.join(".git")).is_err());
+    let data = put_image(&source, "second", 2);
+    wait_for(
+        Duration::from_secs(5),
+        "the new image in the listing",
+        || names() == ["first", "second"],
+    );
+    assert_eq!(std::fs::read(mnt.join("second/data.bin")).unwrap(), data);
+    std::fs::remove_file(source.join("first.squash")).unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the removed image to leave the listing",
+        || names() == ["second"],
+    );
+}
+
+#[test]
+fn a_killed_daemon_is_replaced_on_the_same_mountpoint() {
+    let (_dir, source, mnt) = setup();
+    let data = put_image(&source, "img", 3);
+    let daemon = Daemon::start(&source, &mnt, &[]);
+    assert_eq!(std::fs::read(mnt.join("img/data.bin")).unwrap(), data);
+    daemon.signal("KILL");
+    wait_for(Duration::from_secs(5), "the stale mount", || {
+        std::fs::metadata(&mnt).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+    });
+    drop(daemon);
+    // Drop unmounted it; make it stale again the hard way to test the daemon's own cleanup.
+    let daemon = Daemon::start(&source, &mnt, &[]);
+    daemon.signal("KILL");
+    wait_for(Duration::from_secs(5), "the stale mount", || {
+        std::fs::metadata(&mnt).is_err()
+    });
+    let started = std::time::Instant::now();
+    let restarted = Daemon::start_keeping_stale(&source, &mnt);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(std::fs::read(mnt.join("img/data.bin")).unwrap(), data);
+    assert!(restarted.log_text().contains("stale mount"));
+    assert!(restarted.stop().success());
+}
+
+#[test]
+fn bad_mountpoints_and_sources_give_clear_errors() {
+    let (dir, source, mnt) = setup();
+    put_image(&source, "img", 1);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_autosquash"))
+            .arg("serve")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let missing = dir.path().join("nope");
+    let (ok, err) = run(&[
+        "--source",
+        source.to_str().unwrap(),
+        "--mountpoint",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    let (ok, err) = run(&[
+        "--source",
+        missing.to_str().unwrap(),
+        "--mountpoint",
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("not a directory"), "{err}");
+    let _daemon = Daemon::start(&source, &mnt, &[]);
+    let (ok, err) = run(&[
+        "--source",
+        source.to_str().unwrap(),
+        "--mountpoint",
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("already a mount point"), "{err}");
+    assert!(
+        is_mounted(&mnt),
+        "a failed second daemon disturbed the first"
+    );
+}
