@@ -217,13 +217,11 @@ impl AutoFs {
             state.root_mtime = now_secs();
         }
         for (name, m) in &state.mounted {
-            if images
+            let changed = images
                 .get(name)
-                .is_none_or(|o| o.etag != m.image.meta().etag)
-            {
-                if !m.outdated.swap(true, Ordering::Relaxed) {
-                    info!(image = %name, "image replaced or removed; switching when idle");
-                }
+                .is_none_or(|o| o.etag != m.image.meta().etag);
+            if changed && !m.outdated.swap(true, Ordering::Relaxed) {
+                info!(image = %name, "image replaced or removed; switching when idle");
             }
         }
         state

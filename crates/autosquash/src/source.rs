@@ -43,7 +43,7 @@ pub async fn open_image(arg: &str) -> Result<Arc<Image>> {
     match resolve(arg).await? {
         Source::Image(store, meta) => Image::open(store, meta, BlockCache::new(CLI_CACHE_BYTES))
             .await
-            .with_context(|| format!("{arg}")),
+            .with_context(|| arg.to_string()),
         Source::Directory(_) => bail!("{arg} is a directory, not an image"),
     }
 }

@@ -111,6 +111,23 @@ impl Superblock {
                 )));
             }
         }
+        // The index arrays of the lookup tables (one u64 per 8 KiB metadata block) must fit
+        // before the end, which also bounds the entry counts they cover.
+        let index_len = |entries: u64, size: u64| (entries * size).div_ceil(8192) * 8;
+        for (name, pos, len) in [
+            ("id", self.id_table, index_len(u64::from(self.id_count), 4)),
+            (
+                "fragment",
+                self.frag_table,
+                index_len(u64::from(self.frag_count), 16),
+            ),
+        ] {
+            if len > 0 && pos.checked_add(len).is_none_or(|e| e > end) {
+                return Err(Error::corrupt(format!(
+                    "{name} table index of {len} bytes at {pos} runs past the end"
+                )));
+            }
+        }
         if self.dir_table <= start {
             return Err(Error::corrupt("directory table precedes the inode table"));
         }
