@@ -47,7 +47,8 @@ impl Error {
         Error::Corrupt(what.into())
     }
 
-    pub(crate) fn store(key: &str, message: impl std::fmt::Display) -> Self {
+    /// A store failure for `key`, with a message for the log.
+    pub fn store(key: &str, message: impl std::fmt::Display) -> Self {
         Error::Store {
             key: key.to_owned(),
             message: message.to_string().into(),

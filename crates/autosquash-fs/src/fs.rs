@@ -34,6 +34,9 @@ pub struct FsConfig {
     pub gid: Option<u32>,
     /// Memory budget for decompressed blocks, inodes and listings of all images.
     pub memory_limit: u64,
+    /// A name missing from the listing is checked with one HEAD at most this often, so an
+    /// image uploaded a moment ago is found at once and stray names cost nothing.
+    pub negative_ttl: Duration,
 }
 
 impl Default for FsConfig {
@@ -44,6 +47,7 @@ impl Default for FsConfig {
             uid: None,
             gid: None,
             memory_limit: 256 << 20,
+            negative_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -119,6 +123,8 @@ struct State {
     broken: HashMap<String, String>,
     handles: HashMap<u64, Handle>,
     next_handle: u64,
+    /// Names missing from the listing, and when the store was last asked about them.
+    misses: HashMap<String, Instant>,
     /// Keys that are not images, each logged once.
     ignored: std::collections::HashSet<String>,
     /// When the root listing last changed (the root's mtime).
@@ -269,8 +275,11 @@ impl AutoFs {
 
     /// Mounts the current version of `name`, or returns its existing mount.
     async fn mount(&self, name: &str) -> FsResult<Arc<Mounted>> {
-        if let Some(m) = self.current(name)? {
-            return Ok(m);
+        match self.current(name) {
+            Ok(Some(m)) => return Ok(m),
+            Ok(None) => {}
+            Err(FsError::NotFound) => self.find_unlisted(name).await?,
+            Err(e) => return Err(e),
         }
         let _one_at_a_time = self.mounting.lock().await;
         if let Some(m) = self.current(name)? {
@@ -282,6 +291,44 @@ impl AutoFs {
             .get(name)
             .cloned()
             .ok_or(FsError::NotFound)?;
+        self.open_version(name, meta).await
+    }
+
+    /// A name the listing does not know: asks the store, at most once per negative TTL.
+    async fn find_unlisted(&self, name: &str) -> FsResult<()> {
+        if image_name("", &format!("{name}{IMAGE_SUFFIX}")) != Some(name) {
+            return Err(FsError::NotFound);
+        }
+        {
+            let mut state = self.state();
+            if state.misses.len() > 10_000 {
+                state.misses.clear();
+            }
+            let ttl = self.config.negative_ttl;
+            if state.misses.get(name).is_some_and(|at| at.elapsed() < ttl) {
+                return Err(FsError::NotFound);
+            }
+            state.misses.insert(name.to_owned(), Instant::now());
+        }
+        let key = format!("{}{name}{IMAGE_SUFFIX}", self.config.prefix);
+        match self.store.head(&key).await {
+            Ok(meta) => {
+                info!(image = %name, "found an image not yet listed");
+                let mut state = self.state();
+                state.misses.remove(name);
+                state.images.insert(name.to_owned(), meta);
+                state.root_mtime = now_secs();
+                Ok(())
+            }
+            Err(autosquash_core::Error::ObjectNotFound(_)) => Err(FsError::NotFound),
+            Err(e) => {
+                warn!(image = %name, error = %e, "cannot check for an unlisted image");
+                Err(FsError::NotFound)
+            }
+        }
+    }
+
+    async fn open_version(&self, name: &str, meta: ObjectMeta) -> FsResult<Arc<Mounted>> {
         let image = match Image::open(self.store.clone(), meta.clone(), self.cache.clone()).await {
             Ok(image) => image,
             Err(e) => {

@@ -50,30 +50,40 @@ fn names(items: &[autosquash_fs::fs::DirItem]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn root_lists_images_and_unknown_names_cost_nothing() {
+async fn root_lists_images_and_unknown_names_cost_one_head_per_ttl() {
     let (store, fs) = setup(Duration::from_secs(300)).await;
     assert_eq!(
         names(&fs.readdir(ROOT_INO, 0).unwrap()),
         [".", "..", "one", "two"]
     );
     store.reset_stats();
-    for stray in [
-        &b".git"[..],
-        b"autorun.inf",
-        b"notes.txt",
-        b"sub",
-        b"one.squash",
-        b"\xff",
-    ] {
-        assert!(matches!(
-            fs.lookup(ROOT_INO, stray).await,
-            Err(FsError::NotFound)
-        ));
+    let strays = [&b"autorun.inf"[..], b"notes.txt", b"sub", b"one.squash"];
+    for _ in 0..3 {
+        for stray in strays.iter().chain([&&b".git"[..], &&b"\xff"[..]]) {
+            assert!(matches!(
+                fs.lookup(ROOT_INO, stray).await,
+                Err(FsError::NotFound)
+            ));
+        }
     }
-    assert_eq!(
-        store.stats().reads + store.stats().heads + store.stats().lists,
-        0
-    );
+    // Names that could be images are checked once; hidden and non-UTF-8 names never.
+    assert_eq!(store.stats().heads, strays.len() as u64);
+    assert_eq!(store.stats().reads + store.stats().lists, 0);
+}
+
+#[tokio::test]
+async fn an_image_uploaded_after_the_listing_is_found_at_once() {
+    let (store, fs) = setup(Duration::from_secs(300)).await;
+    assert!(fs.lookup(ROOT_INO, b"late").await.is_err());
+    store.put("images/late.squash", image("late\n"));
+    // Within the negative TTL the miss is remembered...
+    assert!(fs.lookup(ROOT_INO, b"late").await.is_err());
+    // ...but a name never asked about is found with one HEAD, without waiting for a listing.
+    store.put("images/later.squash", image("later\n"));
+    let root = fs.lookup(ROOT_INO, b"later").await.unwrap();
+    let file = fs.lookup(root.ino, b"file.txt").await.unwrap();
+    assert_eq!(file.size, 6);
+    assert!(names(&fs.readdir(ROOT_INO, 0).unwrap()).contains(&"later".to_owned()));
 }
 
 #[tokio::test]

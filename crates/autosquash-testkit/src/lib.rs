@@ -1,5 +1,8 @@
 //! Test support shared by the autosquash test rings: fixture images generated at test time with
-//! Debian's squashfs-tools (never downloaded), and hostile images crafted from them.
+//! Debian's squashfs-tools (never downloaded), hostile images crafted from them, and a real S3
+//! server (Garage) started on 127.0.0.1.
 
 pub mod corpus;
+pub mod fault_proxy;
+pub mod garage;
 pub mod hostile;

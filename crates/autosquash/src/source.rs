@@ -1,25 +1,107 @@
-//! Turns an IMAGE argument into a store and a key: a local image file, or a directory of images.
+//! Turns a SOURCE or IMAGE argument into a store: a local directory, a local image file, or an
+//! `s3://bucket/prefix/` URL with the flags that say how to reach the bucket.
 
 use anyhow::{Context, Result, bail};
 use autosquash_core::{BlockCache, DirStore, Image, ObjectMeta, Store};
+use autosquash_s3::{S3Config, S3Store};
+use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Memory budget of the one-shot commands.
 const CLI_CACHE_BYTES: u64 = 64 << 20;
 
-pub enum Source {
-    /// One image: its store and version.
-    Image(Arc<dyn Store>, ObjectMeta),
-    /// A directory of images.
-    Directory(DirStore),
+/// How to reach an S3 bucket; names follow the aws CLI and mountpoint-s3.
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3Args {
+    /// AWS region of the bucket (default: from the environment or profile).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible store (Garage, MinIO, Ceph, Swift), e.g. http://10.0.0.5:3900.
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// Address buckets as endpoint/bucket instead of bucket.endpoint.
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// Send unsigned requests (public buckets); no credentials are looked up.
+    #[arg(long)]
+    pub no_sign_request: bool,
+    /// Shared credentials/config profile to use.
+    #[arg(long)]
+    pub profile: Option<String>,
 }
 
-pub async fn resolve(arg: &str) -> Result<Source> {
+impl S3Args {
+    pub fn config(&self, bucket: String) -> S3Config {
+        let mut c = S3Config::new(bucket);
+        c.region = self.region.clone();
+        c.endpoint_url = self.endpoint_url.clone();
+        c.force_path_style = self.force_path_style;
+        c.no_sign_request = self.no_sign_request;
+        c.profile = self.profile.clone();
+        c
+    }
+}
+
+/// A source of images: a store and the key prefix under which images live.
+pub struct ImageSource {
+    pub store: Arc<dyn Store>,
+    pub prefix: String,
+    /// Set for local directories, which can be watched with inotify.
+    pub dir: Option<PathBuf>,
+}
+
+pub async fn image_source(source: &str, s3: &S3Args) -> Result<ImageSource> {
+    if let Some((bucket, mut prefix)) = autosquash_s3::parse_url(source) {
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let store = S3Store::new(&s3.config(bucket)).await;
+        return Ok(ImageSource {
+            store: Arc::new(store),
+            prefix,
+            dir: None,
+        });
+    }
+    if source.starts_with("s3://") {
+        bail!("{source}: expected s3://bucket/prefix/");
+    }
+    let dir = PathBuf::from(source);
+    if !dir.is_dir() {
+        bail!("source {source} is not a directory (nor an s3:// URL)");
+    }
+    Ok(ImageSource {
+        store: Arc::new(DirStore::new(&dir)),
+        prefix: String::new(),
+        dir: Some(dir),
+    })
+}
+
+pub enum Target {
+    /// One image: its store and version.
+    Image(Arc<dyn Store>, ObjectMeta),
+    /// A directory or prefix of images.
+    Images(ImageSource),
+}
+
+/// IMAGE as given to `ls` and `cat`: a local image file or directory, or an s3:// URL of an
+/// image (`s3://bucket/prefix/name.squash`) or of a prefix.
+pub async fn resolve(arg: &str, s3: &S3Args) -> Result<Target> {
+    if let Some((bucket, key)) = autosquash_s3::parse_url(arg) {
+        if key.is_empty() || key.ends_with('/') {
+            return Ok(Target::Images(image_source(arg, s3).await?));
+        }
+        let store: Arc<dyn Store> = Arc::new(S3Store::new(&s3.config(bucket)).await);
+        let meta = store
+            .head(&key)
+            .await
+            .with_context(|| format!("cannot open {arg}"))?;
+        return Ok(Target::Image(store, meta));
+    }
     let path = PathBuf::from(arg);
     let meta = std::fs::metadata(&path).with_context(|| format!("cannot open {arg}"))?;
     if meta.is_dir() {
-        return Ok(Source::Directory(DirStore::new(path)));
+        return Ok(Target::Images(image_source(arg, s3).await?));
     }
     let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
     else {
@@ -35,15 +117,15 @@ pub async fn resolve(arg: &str) -> Result<Source> {
         .head(name)
         .await
         .with_context(|| format!("cannot open {arg}"))?;
-    Ok(Source::Image(store, meta))
+    Ok(Target::Image(store, meta))
 }
 
 /// Opens IMAGE, which must name one image.
-pub async fn open_image(arg: &str) -> Result<Arc<Image>> {
-    match resolve(arg).await? {
-        Source::Image(store, meta) => Image::open(store, meta, BlockCache::new(CLI_CACHE_BYTES))
+pub async fn open_image(arg: &str, s3: &S3Args) -> Result<Arc<Image>> {
+    match resolve(arg, s3).await? {
+        Target::Image(store, meta) => Image::open(store, meta, BlockCache::new(CLI_CACHE_BYTES))
             .await
             .with_context(|| arg.to_string()),
-        Source::Directory(_) => bail!("{arg} is a directory, not an image"),
+        Target::Images(_) => bail!("{arg} is a directory of images, not an image"),
     }
 }

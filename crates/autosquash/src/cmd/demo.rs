@@ -124,7 +124,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     );
     println!("  stop with Ctrl-C (the mount is removed).");
     serve(ServeArgs {
-        source: dir.path().to_path_buf(),
+        source: dir.path().to_string_lossy().into_owned(),
         mountpoint,
         idle_timeout: Duration::from_secs(300),
         list_interval: Duration::from_secs(60),
@@ -132,6 +132,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         allow_other: false,
         uid: None,
         gid: None,
+        negative_ttl: Duration::from_secs(60),
+        wait_for_store: false,
+        s3: Default::default(),
     })
     .await
 }

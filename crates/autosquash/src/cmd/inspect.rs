@@ -1,41 +1,49 @@
 //! `ls` and `cat`: look inside an image without mounting it.
 
-use crate::source::{self, Source};
+use crate::source::{self, S3Args, Target};
 use anyhow::{Context, Result, bail};
-use autosquash_core::{FileKind, Image, Inode, Store};
+use autosquash_core::{FileKind, Image, Inode};
 use clap::Args;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 
 #[derive(Args)]
 pub struct LsArgs {
-    /// An image file, or a directory of images.
+    /// An image: a file or s3://bucket/prefix/name.squash; or a directory or s3:// prefix of images.
     image: String,
     /// Path inside the image (default: its root).
     path: Option<String>,
     /// Long listing: mode, links, owner, size, mtime.
     #[arg(short, long)]
     long: bool,
+    #[command(flatten)]
+    s3: S3Args,
 }
 
 #[derive(Args)]
 pub struct CatArgs {
-    /// An image file.
+    /// An image: a file or s3://bucket/prefix/name.squash.
     image: String,
     /// Path of a regular file inside the image.
     path: String,
+    #[command(flatten)]
+    s3: S3Args,
 }
 
 pub async fn ls(args: LsArgs) -> Result<()> {
-    if let Source::Directory(store) = source::resolve(&args.image).await? {
-        for object in store.list("").await? {
-            if let Some(name) = object.key.strip_suffix(".squash") {
-                println!("{name}");
+    if let Target::Images(source) = source::resolve(&args.image, &args.s3).await? {
+        for object in source.store.list(&source.prefix).await? {
+            if let Some(name) = autosquash_fs::fs::image_name(&source.prefix, &object.key) {
+                if args.long {
+                    println!("{:>12} {} {name}", object.size, object.etag);
+                } else {
+                    println!("{name}");
+                }
             }
         }
         return Ok(());
     }
-    let image = source::open_image(&args.image).await?;
+    let image = source::open_image(&args.image, &args.s3).await?;
     let path = args.path.unwrap_or_default();
     let inode = image
         .resolve(path.as_bytes())
@@ -124,7 +132,7 @@ fn mode_string(inode: &Inode) -> String {
 }
 
 pub async fn cat(args: CatArgs) -> Result<()> {
-    let image = source::open_image(&args.image).await?;
+    let image = source::open_image(&args.image, &args.s3).await?;
     let inode = image
         .resolve(args.path.as_bytes())
         .with_context(|| format!("{}:{}", args.image, args.path))?;

@@ -2,23 +2,23 @@
 //! images, and unmounts cleanly on SIGTERM or SIGINT.
 
 use crate::mountpoint;
+use crate::source::{S3Args, image_source};
 use crate::units::{parse_duration, parse_size};
-use anyhow::{Context, Result, bail};
-use autosquash_core::{DirStore, Store};
+use anyhow::{Context, Result};
+use autosquash_core::DirStore;
 use autosquash_fs::fuse::{self, MountConfig};
 use autosquash_fs::{AutoFs, FsConfig};
 use clap::Args;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Where the images are: a local directory of <name>.squash files.
+    /// Where the images are: s3://bucket/prefix/ or a local directory of <name>.squash files.
     #[arg(long)]
-    pub source: PathBuf,
+    pub source: String,
     /// Where to show them.
     #[arg(long, default_value = "/mnt/autosquash")]
     pub mountpoint: PathBuf,
@@ -41,33 +41,51 @@ pub struct ServeArgs {
     /// Show every entry as owned by this gid.
     #[arg(long)]
     pub gid: Option<u32>,
+    /// How long a name missing from the listing is remembered as missing before the store is
+    /// asked again.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub negative_ttl: Duration,
+    /// At start, keep retrying an unreachable store instead of exiting (for boots where the
+    /// network comes up late).
+    #[arg(long)]
+    pub wait_for_store: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     mountpoint::check_fuse_device()?;
     let mountpoint = mountpoint::prepare(&args.mountpoint)?;
-    if !args.source.is_dir() {
-        bail!("source {} is not a directory", args.source.display());
-    }
-    let dir_store = DirStore::new(&args.source);
-    let mut changes = dir_store
-        .watch()
-        .map_err(|e| warn!(error = %e, "no change notifications; relying on periodic listing"))
-        .ok();
-    let store: Arc<dyn Store> = Arc::new(dir_store);
+    let source = image_source(&args.source, &args.s3).await?;
+    // Local directories push changes; buckets are listed every --list-interval.
+    let mut changes = source.dir.as_ref().and_then(|dir| {
+        DirStore::new(dir)
+            .watch()
+            .map_err(|e| warn!(error = %e, "no change notifications; relying on periodic listing"))
+            .ok()
+    });
+    let store = source.store.clone();
     let fs = AutoFs::new(
         store.clone(),
         FsConfig {
-            prefix: String::new(),
+            prefix: source.prefix.clone(),
             idle_timeout: args.idle_timeout,
             uid: args.uid,
             gid: args.gid,
             memory_limit: args.memory_limit,
+            negative_ttl: args.negative_ttl,
         },
     );
-    fs.refresh()
-        .await
-        .with_context(|| format!("cannot list images in {}", store.describe()))?;
+    let shown = format!("{}/{}", store.describe(), source.prefix);
+    let mut delay = Duration::from_secs(1);
+    while let Err(e) = fs.refresh().await {
+        if !args.wait_for_store {
+            return Err(e).with_context(|| format!("cannot list images in {shown}"));
+        }
+        warn!(source = %shown, error = %e, retry_in = ?delay, "store not reachable yet");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
     let mount = fuse::mount(
         fs.clone(),
         &mountpoint,
@@ -83,7 +101,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             mountpoint.display()
         )
     })?;
-    info!(source = %store.describe(), mountpoint = %mountpoint.display(), "serving");
+    info!(source = %shown, mountpoint = %mountpoint.display(), "serving");
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

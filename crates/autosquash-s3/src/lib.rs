@@ -1,0 +1,243 @@
+//! `S3Store`: the [`Store`] of autosquash on Amazon S3 and S3-compatible servers (Garage,
+//! MinIO, Ceph RGW, OpenStack Swift's S3 API).
+//!
+//! Credentials come from the AWS SDK's default chain (environment, shared profile, web
+//! identity, container credentials, EC2 instance role through IMDSv2) unless requests are
+//! unsigned. Reads are ranged GETs pinned with `If-Match`: a replaced object answers 412,
+//! which becomes [`Error::Replaced`]. The SDK's client sets TCP_NODELAY, reuses connections,
+//! and retries throttling, 5xx, timeouts and resets with jittered exponential backoff; every
+//! call has connect, read and total timeouts, so an unreachable store fails, never hangs.
+
+use autosquash_core::{Error, ObjectMeta, Result, Store};
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::Region;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use bytes::Bytes;
+use std::ops::Range;
+use std::time::Duration;
+
+/// Where and how to reach a bucket. Field names follow the aws CLI's flags.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub no_sign_request: bool,
+    pub profile: Option<String>,
+    pub connect_timeout: Duration,
+    /// Time to first byte and between bytes of a response.
+    pub read_timeout: Duration,
+    /// Total time for one call, retries included.
+    pub operation_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+impl S3Config {
+    pub fn new(bucket: impl Into<String>) -> Self {
+        Self {
+            bucket: bucket.into(),
+            region: None,
+            endpoint_url: None,
+            force_path_style: false,
+            no_sign_request: false,
+            profile: None,
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// Splits `s3://bucket/prefix/` into the bucket and the key prefix (`prefix/`, or empty).
+pub fn parse_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("s3://")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return None;
+    }
+    Some((bucket.to_owned(), prefix.to_owned()))
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub async fn new(config: &S3Config) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(config.connect_timeout)
+                    .read_timeout(config.read_timeout)
+                    .operation_timeout(config.operation_timeout)
+                    .build(),
+            )
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(config.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(50)),
+            );
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(profile) = &config.profile {
+            loader = loader.profile_name(profile);
+        }
+        if config.no_sign_request {
+            loader = loader.no_credentials();
+        }
+        let shared = loader.load().await;
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.force_path_style);
+        if shared.region().is_none() {
+            // S3-compatible servers rarely care; AWS itself redirects from us-east-1.
+            builder = builder.region(Region::new("us-east-1"));
+        }
+        if let Some(endpoint) = &config.endpoint_url {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Self {
+            client: Client::from_conf(builder.build()),
+            bucket: config.bucket.clone(),
+        }
+    }
+
+    /// Turns an SDK error into a store error: 404 → not found, 412 → replaced, the rest with
+    /// the service's code and message (never the request's credentials).
+    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        key: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Error {
+        if let SdkError::ServiceError(service) = &err {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("");
+            match (status, code) {
+                (_, "NoSuchBucket") => {
+                    return Error::store(
+                        &self.describe(),
+                        format!("bucket {} does not exist", self.bucket),
+                    );
+                }
+                (404, _) | (_, "NoSuchKey") => return Error::ObjectNotFound(key.to_owned()),
+                (412, _) => return Error::Replaced(key.to_owned()),
+                _ => {}
+            }
+        }
+        let what = match &err {
+            SdkError::TimeoutError(_) => "timed out".to_owned(),
+            SdkError::DispatchFailure(_) => {
+                format!("cannot reach the store: {}", DisplayErrorContext(&err))
+            }
+            _ => DisplayErrorContext(&err).to_string(),
+        };
+        Error::store(&format!("s3://{}/{key}", self.bucket), what)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for S3Store {
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(prefix, e))?;
+            for object in page.contents() {
+                let (Some(key), Some(etag)) = (object.key(), object.e_tag()) else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key: key.to_owned(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    etag: etag.to_owned(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error(key, e))?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out
+                .e_tag()
+                .ok_or_else(|| Error::store(key, "the store gave no ETag"))?
+                .to_owned(),
+        })
+    }
+
+    async fn read(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .if_match(etag)
+            .send()
+            .await
+            .map_err(|e| self.error(key, e))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::store(key, format!("reading the response: {e}")))?
+            .into_bytes();
+        if data.len() as u64 != range.end - range.start {
+            return Err(Error::store(
+                key,
+                format!(
+                    "asked for {} bytes, got {}",
+                    range.end - range.start,
+                    data.len()
+                ),
+            ));
+        }
+        Ok(data)
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("s3://b/p/"), Some(("b".into(), "p/".into())));
+        assert_eq!(parse_url("s3://b"), Some(("b".into(), "".into())));
+        assert_eq!(
+            parse_url("s3://b/a/x.squash"),
+            Some(("b".into(), "a/x.squash".into()))
+        );
+        assert_eq!(parse_url("s3:///x"), None);
+        assert_eq!(parse_url("/tmp"), None);
+    }
+}

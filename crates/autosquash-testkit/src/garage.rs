@@ -1,0 +1,207 @@
+//! A real S3 server for tests: Garage on 127.0.0.1, single node, one key and one bucket,
+//! started on free ports in a temporary directory and killed on drop.
+//!
+//! The binary comes from `$AUTOSQUASH_GARAGE_BIN`, or `tests/install-garage` (which builds it
+//! once per machine and caches it).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KEY_ID: &str = "GK0123456789abcdef01234567";
+pub const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+pub const REGION: &str = "garage";
+
+pub struct Garage {
+    child: Child,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    bin: PathBuf,
+    /// `http://127.0.0.1:PORT` of the S3 API.
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The garage binary, building it if needed.
+pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("AUTOSQUASH_GARAGE_BIN") {
+        return bin.into();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/install-garage");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/install-garage");
+    assert!(out.status.success(), "tests/install-garage failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+impl Garage {
+    /// Starts a server with bucket `bucket`. Panics with Garage's log if it does not come up.
+    pub fn start(bucket: &str) -> Garage {
+        let bin = binary();
+        let dir = tempfile::tempdir().unwrap();
+        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let config = dir.path().join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"metadata_dir = "{meta}"
+data_dir = "{data}"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "{REGION}"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+"#,
+                meta = dir.path().join("meta").display(),
+                data = dir.path().join("data").display(),
+                secret = SECRET,
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("garage.log")).unwrap();
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .env("RUST_LOG", "garage=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start garage");
+        let mut garage = Garage {
+            child,
+            dir,
+            config,
+            bin,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            bucket: bucket.to_owned(),
+        };
+        garage.setup(bucket);
+        garage
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
+    }
+
+    /// Runs a garage admin command; returns stdout.
+    pub fn admin(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn setup(&mut self, bucket: &str) {
+        let start = Instant::now();
+        let node = loop {
+            match self.admin(&["node", "id", "-q"]) {
+                Ok(id) => break id.trim().split('@').next().unwrap().to_owned(),
+                Err(e) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        panic!("garage exited with {status}: {}", self.log());
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(30),
+                        "garage did not start: {e}\n{}",
+                        self.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        let steps: [&[&str]; 5] = [
+            &["layout", "assign", "-z", "dc1", "-c", "1G", &node],
+            &["layout", "apply", "--version", "1"],
+            &["key", "import", "--yes", "-n", "test", KEY_ID, SECRET],
+            &["bucket", "create", bucket],
+            &[
+                "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", KEY_ID,
+            ],
+        ];
+        for step in steps {
+            if let Err(e) = self.admin(step) {
+                panic!("garage {step:?} failed: {e}");
+            }
+        }
+    }
+
+    /// Environment for clients of this server (the AWS SDK's standard variables).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", KEY_ID.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.to_owned()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        ]
+    }
+
+    /// Uploads an object (with curl's SigV4 signing, so tests need no S3 client of their own).
+    pub fn put(&self, key: &str, file: &Path) {
+        self.curl(&["-T", &file.display().to_string()], key);
+    }
+
+    pub fn delete(&self, key: &str) {
+        self.curl(&["-X", "DELETE"], key);
+    }
+
+    fn curl(&self, args: &[&str], key: &str) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-f",
+                "--aws-sigv4",
+                &format!("aws:amz:{REGION}:s3"),
+                "--user",
+                &format!("{KEY_ID}:{SECRET}"),
+            ])
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+            .args(args)
+            .arg(format!("{}/{}/{key}", self.endpoint, self.bucket))
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {args:?} {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
