@@ -47,7 +47,7 @@ impl Faults {
             return Some(first);
         }
         let every = self.fail_every.load(Ordering::Relaxed);
-        (every > 0 && n % every == 0).then(|| kinds[((n / every) as usize) % kinds.len()])
+        (every > 0 && n.is_multiple_of(every)).then(|| kinds[((n / every) as usize) % kinds.len()])
     }
 }
 
