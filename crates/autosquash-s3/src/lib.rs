@@ -18,6 +18,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 use std::ops::Range;
 use std::time::Duration;
+use tracing::debug;
 
 /// Where and how to reach a bucket. Field names follow the aws CLI's flags.
 #[derive(Debug, Clone)]
@@ -68,7 +69,51 @@ pub struct S3Store {
     bucket: String,
 }
 
+/// Attempts at reading a response body that breaks off.
+const BODY_ATTEMPTS: u32 = 4;
+
+enum Attempt {
+    Retry(Error),
+    Final(Error),
+}
+
+/// Exponential backoff from 50 ms with up to 50% jitter.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(50) * 2u32.pow(attempt.min(6));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
 impl S3Store {
+    async fn get(&self, key: &str, etag: &str, range: &Range<u64>) -> Result<Bytes, Attempt> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .if_match(etag)
+            .send()
+            .await
+            .map_err(|e| Attempt::Final(self.error(key, e)))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Attempt::Retry(Error::store(key, format!("reading the response: {e}"))))?
+            .into_bytes();
+        let wanted = range.end - range.start;
+        if data.len() as u64 != wanted {
+            return Err(Attempt::Retry(Error::store(
+                key,
+                format!("asked for {wanted} bytes, got {}", data.len()),
+            )));
+        }
+        Ok(data)
+    }
+
     pub async fn new(config: &S3Config) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(
@@ -191,33 +236,20 @@ impl Store for S3Store {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .if_match(etag)
-            .send()
-            .await
-            .map_err(|e| self.error(key, e))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| Error::store(key, format!("reading the response: {e}")))?
-            .into_bytes();
-        if data.len() as u64 != range.end - range.start {
-            return Err(Error::store(
-                key,
-                format!(
-                    "asked for {} bytes, got {}",
-                    range.end - range.start,
-                    data.len()
-                ),
-            ));
+        // The SDK retries failed requests; a body cut short after the headers arrived is
+        // retried here, a few times with jittered backoff.
+        let mut attempt = 1;
+        loop {
+            match self.get(key, etag, &range).await {
+                Ok(data) => return Ok(data),
+                Err(Attempt::Retry(e)) if attempt < BODY_ATTEMPTS => {
+                    debug!(key, attempt, error = %e, "retrying a cut-off response");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(Attempt::Retry(e) | Attempt::Final(e)) => return Err(e),
+            }
         }
-        Ok(data)
     }
 
     fn describe(&self) -> String {

@@ -3,108 +3,13 @@
 
 mod common;
 
-use common::{Daemon, KernelMount, corpus, corpus_source, open_tempdir, sh};
-use std::collections::BTreeMap;
+use common::{
+    Daemon, KernelMount, compare_trees, corpus, corpus_source, describe, only_special_files,
+    open_tempdir, sh,
+};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Everything `stat`, `readlink` and `getxattr` say about one entry, comparable across mounts.
-#[derive(Debug, PartialEq)]
-struct Entry {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    mtime: i64,
-    nlink: u64,
-    rdev: u64,
-    /// The squashfs inode number (ours carries the image slot in the high bits).
-    ino: u64,
-    target: Option<PathBuf>,
-    xattrs: Vec<(String, Vec<u8>)>,
-}
-
-fn describe(path: &Path) -> Entry {
-    let m = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut xattrs: Vec<_> = xattr::list(path)
-        .unwrap()
-        .map(|n| {
-            let v = xattr::get(path, &n).unwrap().unwrap_or_default();
-            (n.to_string_lossy().into_owned(), v)
-        })
-        .collect();
-    xattrs.sort();
-    Entry {
-        mode: m.mode(),
-        uid: m.uid(),
-        gid: m.gid(),
-        size: if m.is_dir() { 0 } else { m.size() },
-        mtime: m.mtime(),
-        nlink: m.nlink(),
-        rdev: m.rdev(),
-        ino: m.ino() & 0xffff_ffff,
-        target: m
-            .file_type()
-            .is_symlink()
-            .then(|| std::fs::read_link(path).unwrap()),
-        xattrs,
-    }
-}
-
-/// Walks `ours` and `theirs` in parallel; returns the number of entries compared.
-fn compare_trees(ours: &Path, theirs: &Path) -> usize {
-    let list = |p: &Path| -> BTreeMap<_, _> {
-        std::fs::read_dir(p)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (e.file_name(), e.path())
-            })
-            .collect()
-    };
-    let (a, b) = (list(ours), list(theirs));
-    assert_eq!(
-        a.keys().collect::<Vec<_>>(),
-        b.keys().collect::<Vec<_>>(),
-        "entries of {}",
-        ours.display()
-    );
-    let mut n = 0;
-    for (name, ours) in &a {
-        let theirs = &b[name];
-        let (x, y) = (describe(ours), describe(theirs));
-        assert_eq!(x, y, "{}", ours.display());
-        n += 1;
-        let m = std::fs::symlink_metadata(ours).unwrap();
-        if m.is_dir() {
-            n += compare_trees(ours, theirs);
-        } else if m.is_file() {
-            let (x, y) = (std::fs::read(ours).unwrap(), std::fs::read(theirs).unwrap());
-            assert!(x == y, "contents of {}", ours.display());
-        }
-    }
-    n
-}
-
-/// `diff -r` reports every pair of special files ("X is a fifo while file Y is a fifo") even
-/// when they agree; anything else in its output is a real difference.
-fn only_special_files(diff_output: &str) -> bool {
-    diff_output.lines().all(|line| {
-        [
-            "fifo",
-            "socket",
-            "block special file",
-            "character special file",
-        ]
-        .iter()
-        .any(|kind| {
-            line.starts_with("File ") && line.matches(&format!(" is a {kind}")).count() == 2
-        })
-    })
-}
 
 #[test]
 fn every_image_matches_the_kernel_squashfs_mount() {

@@ -2,10 +2,13 @@
 //! images with the kernel's own squashfs for comparison. Needs root and /dev/fuse (CI has both).
 #![allow(dead_code)]
 
-use std::os::unix::fs::PermissionsExt;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub fn is_mounted(path: &Path) -> bool {
@@ -42,8 +45,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(source: &Path, mountpoint: &Path, extra: &[&str]) -> Daemon {
-        let log = mountpoint.with_extension("log");
+    /// Starts `autosquash serve` and returns without waiting.
+    pub fn spawn(
+        source: impl AsRef<OsStr>,
+        mountpoint: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Daemon {
+        static RUN: AtomicU32 = AtomicU32::new(0);
+        let log = mountpoint.with_extension(format!("log{}", RUN.fetch_add(1, Ordering::Relaxed)));
         let child = Command::new(env!("CARGO_BIN_EXE_autosquash"))
             .arg("serve")
             .arg("--source")
@@ -51,16 +61,31 @@ impl Daemon {
             .arg("--mountpoint")
             .arg(mountpoint)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("AUTOSQUASH_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut daemon = Daemon {
+        Daemon {
             child,
             mountpoint: mountpoint.to_path_buf(),
             log,
-        };
+        }
+    }
+
+    /// Starts `autosquash serve` and waits until it has mounted.
+    pub fn start(source: impl AsRef<OsStr>, mountpoint: &Path, extra: &[&str]) -> Daemon {
+        Self::start_with_env(source, mountpoint, extra, &[])
+    }
+
+    pub fn start_with_env(
+        source: impl AsRef<OsStr>,
+        mountpoint: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Daemon {
+        let mut daemon = Self::spawn(source, mountpoint, extra, env);
         let start = Instant::now();
         while !is_mounted(mountpoint) {
             if let Some(status) = daemon.child.try_wait().unwrap() {
@@ -79,23 +104,7 @@ impl Daemon {
     /// Starts a daemon on a mountpoint holding a stale mount (which `start`'s wait would
     /// mistake for a live one): waits for the log line saying it serves.
     pub fn start_keeping_stale(source: &Path, mountpoint: &Path) -> Daemon {
-        let log = mountpoint.with_extension("log2");
-        let child = Command::new(env!("CARGO_BIN_EXE_autosquash"))
-            .arg("serve")
-            .arg("--source")
-            .arg(source)
-            .arg("--mountpoint")
-            .arg(mountpoint)
-            .env("AUTOSQUASH_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let daemon = Daemon {
-            child,
-            mountpoint: mountpoint.to_path_buf(),
-            log,
-        };
+        let daemon = Self::spawn(source, mountpoint, &[], &[]);
         wait_for(
             Duration::from_secs(20),
             "the restarted daemon to serve",
@@ -199,4 +208,99 @@ pub fn sh(cmd: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Everything `stat`, `readlink` and `getxattr` say about one entry, comparable across mounts.
+#[derive(Debug, PartialEq)]
+pub struct Entry {
+    pub mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: i64,
+    nlink: u64,
+    rdev: u64,
+    /// The squashfs inode number (ours carries the image slot in the high bits).
+    ino: u64,
+    target: Option<PathBuf>,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+pub fn describe(path: &Path) -> Entry {
+    let m = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut xattrs: Vec<_> = xattr::list(path)
+        .unwrap()
+        .map(|n| {
+            let v = xattr::get(path, &n).unwrap().unwrap_or_default();
+            (n.to_string_lossy().into_owned(), v)
+        })
+        .collect();
+    xattrs.sort();
+    Entry {
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+        size: if m.is_dir() { 0 } else { m.size() },
+        mtime: m.mtime(),
+        nlink: m.nlink(),
+        rdev: m.rdev(),
+        ino: m.ino() & 0xffff_ffff,
+        target: m
+            .file_type()
+            .is_symlink()
+            .then(|| std::fs::read_link(path).unwrap()),
+        xattrs,
+    }
+}
+
+/// Walks `ours` and `theirs` in parallel; returns the number of entries compared.
+pub fn compare_trees(ours: &Path, theirs: &Path) -> usize {
+    let list = |p: &Path| -> BTreeMap<_, _> {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), e.path())
+            })
+            .collect()
+    };
+    let (a, b) = (list(ours), list(theirs));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "entries of {}",
+        ours.display()
+    );
+    let mut n = 0;
+    for (name, ours) in &a {
+        let theirs = &b[name];
+        let (x, y) = (describe(ours), describe(theirs));
+        assert_eq!(x, y, "{}", ours.display());
+        n += 1;
+        let m = std::fs::symlink_metadata(ours).unwrap();
+        if m.is_dir() {
+            n += compare_trees(ours, theirs);
+        } else if m.is_file() {
+            let (x, y) = (std::fs::read(ours).unwrap(), std::fs::read(theirs).unwrap());
+            assert!(x == y, "contents of {}", ours.display());
+        }
+    }
+    n
+}
+
+/// `diff -r` reports every pair of special files ("X is a fifo while file Y is a fifo") even
+/// when they agree; anything else in its output is a real difference.
+pub fn only_special_files(diff_output: &str) -> bool {
+    diff_output.lines().all(|line| {
+        [
+            "fifo",
+            "socket",
+            "block special file",
+            "character special file",
+        ]
+        .iter()
+        .any(|kind| {
+            line.starts_with("File ") && line.matches(&format!(" is a {kind}")).count() == 2
+        })
+    })
 }
