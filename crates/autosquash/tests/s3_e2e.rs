@@ -14,15 +14,20 @@ use std::time::{Duration, Instant};
 
 const PREFIX: &str = "autosquash/";
 
-/// Flags that point the daemon or CLI at `endpoint`.
+/// Flags that point the CLI at `endpoint`.
 fn s3_flags(endpoint: &str) -> Vec<String> {
     vec![
         "--endpoint-url".into(),
         endpoint.into(),
         "--force-path-style".into(),
-        "--list-interval".into(),
-        "1s".into(),
     ]
+}
+
+/// Flags that point the daemon at `endpoint`, listing the bucket every second.
+fn serve_flags(endpoint: &str) -> Vec<String> {
+    let mut flags = s3_flags(endpoint);
+    flags.extend(["--list-interval".into(), "1s".into()]);
+    flags
 }
 
 fn url(garage: &Garage) -> String {
@@ -79,7 +84,7 @@ fn images_in_a_bucket_match_the_kernel_mount() {
         garage.put(&format!("{PREFIX}{name}.squash"), &v.image);
     }
     let mnt = mountpoint(dir.path());
-    let flags = s3_flags(&garage.endpoint);
+    let flags = serve_flags(&garage.endpoint);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let daemon = Daemon::start_with_env(url(&garage), &mnt, &flags, &garage.env());
     for name in names {
@@ -138,7 +143,7 @@ fn wrong_credentials_and_missing_buckets_are_clear_errors() {
                 "--mountpoint",
                 mnt.to_str().unwrap(),
             ])
-            .args(s3_flags(&garage.endpoint))
+            .args(serve_flags(&garage.endpoint))
             .envs(env)
             .output()
             .unwrap();
@@ -173,7 +178,7 @@ fn replaced_and_deleted_objects() {
     garage.put(&key, &v1);
     garage.put(&format!("{PREFIX}other.squash"), &v1);
     let mnt = mountpoint(dir.path());
-    let flags = s3_flags(&garage.endpoint);
+    let flags = serve_flags(&garage.endpoint);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let daemon = Daemon::start_with_env(url(&garage), &mnt, &flags, &garage.env());
     let mut file = std::fs::File::open(mnt.join("img/data.bin")).unwrap();
@@ -227,7 +232,7 @@ fn a_bucket_of_ten_thousand_images_lists_without_opening_any() {
     let (image, data) = small_image(dir.path(), 7);
     garage.put(&format!("{PREFIX}real.squash"), &image);
     let mnt = mountpoint(dir.path());
-    let flags = s3_flags(&garage.endpoint);
+    let flags = serve_flags(&garage.endpoint);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let daemon = Daemon::start_with_env(url(&garage), &mnt, &flags, &garage.env());
     let started = Instant::now();
@@ -268,7 +273,7 @@ fn retried_faults_return_the_right_bytes_and_exhausted_retries_give_eio() {
     garage.put(&format!("{PREFIX}other.squash"), &other.image);
     let proxy = FaultProxy::start(&garage.endpoint);
     let mnt = mountpoint(dir.path());
-    let flags = s3_flags(&proxy.endpoint);
+    let flags = serve_flags(&proxy.endpoint);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let daemon = Daemon::start_with_env(url(&garage), &mnt, &flags, &garage.env());
     // One request in three fails: throttling, a server error, a reset, a cut-off body.
