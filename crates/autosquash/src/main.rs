@@ -28,6 +28,12 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Build a few demo images and serve them (no root or extra tools needed to build them).
     Demo(cmd::demo::DemoArgs),
+    /// Build a squashfs image from a directory or a tar archive (no root needed).
+    Pack(cmd::pack::PackArgs),
+    /// Pack if needed, then upload an image to s3://bucket/prefix/NAME.squash.
+    Push(cmd::push::PushArgs),
+    /// Make symlinks under a target tree point to every file of a source tree.
+    Link(cmd::link::LinkArgs),
 }
 
 /// The daemon reports what it mounts; one-shot commands only speak up about problems.
@@ -60,6 +66,9 @@ fn main() -> ExitCode {
             Command::Cat(args) => cmd::inspect::cat(args).await,
             Command::Serve(args) => cmd::serve::serve(args).await,
             Command::Demo(args) => cmd::demo::demo(args).await,
+            Command::Pack(args) => cmd::pack::pack(args).await,
+            Command::Push(args) => cmd::push::push(args).await,
+            Command::Link(args) => cmd::link::link(args),
         }
     });
     match result {

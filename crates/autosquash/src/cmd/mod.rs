@@ -2,4 +2,7 @@
 
 pub mod demo;
 pub mod inspect;
+pub mod link;
+pub mod pack;
+pub mod push;
 pub mod serve;
