@@ -9,6 +9,7 @@ use crate::squashfs::{DirEntry, Inode};
 use bytes::Bytes;
 use quick_cache::Weighter;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a cached value is; part of the key so a hostile image cannot make a metadata block
 /// be served as a data block.
@@ -19,6 +20,8 @@ pub(crate) enum Kind {
     Fragment,
     Inode,
     Listing,
+    /// A chunk of a plain object (the object view).
+    Object,
 }
 
 /// `image` is unique per opened image version, so versions never mix.
@@ -53,6 +56,8 @@ impl Weighter<Key, Value> for ByteWeighter {
 /// The shared decompressed-data cache, bounded to a byte budget.
 pub struct BlockCache {
     cache: quick_cache::sync::Cache<Key, Value, ByteWeighter>,
+    lookups: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl BlockCache {
@@ -64,6 +69,8 @@ impl BlockCache {
                 budget_bytes,
                 ByteWeighter,
             ),
+            lookups: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         })
     }
 
@@ -76,8 +83,22 @@ impl BlockCache {
         self.cache.capacity()
     }
 
+    /// Lookups answered from memory, and all lookups.
+    pub fn hits_and_lookups(&self) -> (u64, u64) {
+        let lookups = self.lookups.load(Ordering::Relaxed);
+        (
+            lookups.saturating_sub(self.misses.load(Ordering::Relaxed)),
+            lookups,
+        )
+    }
+
     pub(crate) fn get(&self, key: &Key) -> Option<Value> {
-        self.cache.get(key)
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let value = self.cache.get(key);
+        if value.is_none() {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        value
     }
 
     pub(crate) fn insert(&self, key: Key, value: Value) {
@@ -89,7 +110,11 @@ impl BlockCache {
         key: &Key,
         with: impl FnOnce() -> Result<Value, E>,
     ) -> Result<Value, E> {
-        self.cache.get_or_insert_with(key, with)
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        self.cache.get_or_insert_with(key, || {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            with()
+        })
     }
 
     pub(crate) async fn get_or_insert_async<E>(
@@ -97,7 +122,44 @@ impl BlockCache {
         key: &Key,
         with: impl Future<Output = Result<Value, E>>,
     ) -> Result<Value, E> {
-        self.cache.get_or_insert_async(key, with).await
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        self.cache
+            .get_or_insert_async(key, async {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                with.await
+            })
+            .await
+    }
+
+    /// A new namespace for cache keys: one per opened image or object version, so versions
+    /// never mix.
+    pub fn namespace() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Chunk `index` of the object version `namespace`, fetched by `fetch` if not cached;
+    /// concurrent callers for one chunk share one fetch.
+    pub async fn object_chunk(
+        &self,
+        namespace: u64,
+        index: u64,
+        fetch: impl Future<Output = crate::Result<Bytes>>,
+    ) -> crate::Result<Bytes> {
+        let key = Key {
+            image: namespace,
+            kind: Kind::Object,
+            pos: index,
+        };
+        match self
+            .get_or_insert_async(&key, async { fetch.await.map(Value::Block) })
+            .await?
+        {
+            Value::Block(data) => Ok(data),
+            _ => Err(crate::Error::corrupt(
+                "object cache entry of the wrong kind",
+            )),
+        }
     }
 
     /// Drops everything an image left behind (called when an image is forgotten).

@@ -15,4 +15,4 @@ pub mod store;
 pub use block_cache::BlockCache;
 pub use error::{Error, Result};
 pub use squashfs::{DirEntry, FileKind, Image, Inode};
-pub use store::{DirStore, MemStore, ObjectMeta, Store};
+pub use store::{CountingStore, DirStore, MemStore, ObjectMeta, Store, StoreCounters};

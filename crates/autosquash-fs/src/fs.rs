@@ -93,6 +93,7 @@ struct Mounted {
     open_files: AtomicU64,
     /// Milliseconds since the filesystem started, at the last operation.
     last_used: AtomicU64,
+    mounted_at: u64,
     /// The object changed or vanished: retire as soon as no file is open.
     outdated: AtomicBool,
     retired: AtomicBool,
@@ -170,8 +171,17 @@ pub fn image_name<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
 
 impl AutoFs {
     pub fn new(store: Arc<dyn Store>, config: FsConfig) -> Arc<Self> {
+        Self::with_cache(store, BlockCache::new(config.memory_limit), config)
+    }
+
+    /// A root sharing `cache` with other mounts of the same daemon.
+    pub fn with_cache(
+        store: Arc<dyn Store>,
+        cache: Arc<BlockCache>,
+        config: FsConfig,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            cache: BlockCache::new(config.memory_limit),
+            cache,
             store,
             config,
             state: Mutex::new(State {
@@ -359,6 +369,7 @@ impl AutoFs {
             lookups: AtomicU64::new(0),
             open_files: AtomicU64::new(0),
             last_used: AtomicU64::new(self.now_ms()),
+            mounted_at: self.now_ms(),
             outdated: AtomicBool::new(false),
             retired: AtomicBool::new(false),
         });
@@ -625,6 +636,81 @@ impl AutoFs {
             blocks: info.bytes_used.div_ceil(u64::from(info.block_size)),
             files: u64::from(info.inode_count),
             bsize: info.block_size,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::tree::Tree for AutoFs {
+    async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        AutoFs::lookup(self, parent, name).await
+    }
+    fn lookup_may_block(&self, parent: u64) -> bool {
+        parent == ROOT_INO
+    }
+    fn forget(&self, ino: u64, n: u64) {
+        AutoFs::forget(self, ino, n)
+    }
+    fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        AutoFs::getattr(self, ino)
+    }
+    fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        AutoFs::readlink(self, ino)
+    }
+    fn readdir(&self, ino: u64, offset: u64) -> FsResult<Vec<DirItem>> {
+        AutoFs::readdir(self, ino, offset)
+    }
+    fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
+        AutoFs::open(self, ino, write)
+    }
+    async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        AutoFs::read(self, fh, offset, size).await
+    }
+    fn release(&self, fh: u64) {
+        AutoFs::release(self, fh)
+    }
+    fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        AutoFs::getxattr(self, ino, name)
+    }
+    fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        AutoFs::listxattr(self, ino)
+    }
+    fn statfs(&self, ino: u64) -> FsResult<FsStat> {
+        AutoFs::statfs(self, ino)
+    }
+    async fn refresh(&self) -> autosquash_core::Result<()> {
+        AutoFs::refresh(self).await
+    }
+    fn expire(&self) -> Vec<String> {
+        AutoFs::expire(self)
+    }
+    fn describe(&self) -> String {
+        format!("{}/{}", self.store.describe(), self.config.prefix)
+    }
+    fn status(&self) -> serde_json::Value {
+        let state = self.state();
+        let now = self.now_ms();
+        let images: Vec<_> = state
+            .mounted
+            .values()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name,
+                    "etag": m.image.meta().etag,
+                    "size": m.image.meta().size,
+                    "mounted_secs_ago": now.saturating_sub(m.mounted_at) / 1000,
+                    "idle_secs": now.saturating_sub(m.last_used.load(Ordering::Relaxed)) / 1000,
+                    "open_files": m.open_files.load(Ordering::Relaxed),
+                    "outdated": m.outdated.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "kind": "images",
+            "source": crate::tree::Tree::describe(self),
+            "images_listed": state.images.len(),
+            "images_mounted": images,
+            "slots": state.slots.len(),
         })
     }
 }

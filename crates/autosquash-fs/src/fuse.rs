@@ -3,7 +3,8 @@
 //! the tokio runtime and reply from there, so the FUSE thread never blocks on the network.
 
 use crate::error::FsError;
-use crate::fs::{Attr, AutoFs, ROOT_INO};
+use crate::fs::{Attr, ROOT_INO};
+use crate::tree::Tree;
 use autosquash_core::FileKind;
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -73,7 +74,7 @@ fn ttl_for(ino: u64) -> &'static Duration {
 }
 
 struct FuseFs {
-    fs: Arc<AutoFs>,
+    fs: Arc<dyn Tree>,
     runtime: Handle,
 }
 
@@ -97,8 +98,7 @@ impl Filesystem for FuseFs {
                 Err(e) => reply.error(errno(&e)),
             }
         };
-        if parent.0 == ROOT_INO {
-            // May open the image over the network.
+        if self.fs.lookup_may_block(parent.0) {
             self.runtime.spawn(work);
         } else {
             // Metadata is in memory: answer on this thread.
@@ -431,14 +431,20 @@ fn xattr_reply(value: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
 
 /// A mounted filesystem; unmounts when dropped or by [`Mount::unmount`].
 pub struct Mount {
-    session: Option<fuser::BackgroundSession>,
+    session: std::sync::Mutex<Option<fuser::BackgroundSession>>,
     notifier: fuser::Notifier,
     pub mountpoint: PathBuf,
 }
 
-impl Mount {
+/// Tells the kernel to forget entries of a mount's root.
+#[derive(Clone)]
+pub struct Invalidator {
+    notifier: fuser::Notifier,
+}
+
+impl Invalidator {
     /// Asks the kernel to drop its dentry of image `name` under the root.
-    pub fn invalidate(&self, name: &str) {
+    pub fn entry(&self, name: &str) {
         match self
             .notifier
             .inval_entry(INodeNo(ROOT_INO), OsStr::new(name))
@@ -449,9 +455,22 @@ impl Mount {
             Err(e) => warn!(image = name, error = %e, "cannot invalidate dentry"),
         }
     }
+}
 
-    pub fn unmount(mut self) -> std::io::Result<()> {
-        match self.session.take() {
+impl Mount {
+    pub fn invalidator(&self) -> Invalidator {
+        Invalidator {
+            notifier: self.notifier.clone(),
+        }
+    }
+
+    pub fn unmount(&self) -> std::io::Result<()> {
+        let session = self
+            .session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match session {
             Some(session) => session.umount_and_join(),
             None => Ok(()),
         }
@@ -460,7 +479,7 @@ impl Mount {
 
 /// Mounts `fs` read-only, nosuid, nodev with kernel permission checks.
 pub fn mount(
-    fs: Arc<AutoFs>,
+    fs: Arc<dyn Tree>,
     mountpoint: &Path,
     options: &MountConfig,
     runtime: Handle,
@@ -471,7 +490,7 @@ pub fn mount(
         MountOption::NoSuid,
         MountOption::NoDev,
         MountOption::DefaultPermissions,
-        MountOption::FSName(format!("autosquash:{}", fs.store().describe())),
+        MountOption::FSName(format!("autosquash:{}", fs.describe())),
         MountOption::Subtype("autosquash".to_owned()),
     ];
     config.acl = if options.allow_other {
@@ -483,7 +502,7 @@ pub fn mount(
     let notifier = session.notifier();
     let session = session.spawn()?;
     Ok(Mount {
-        session: Some(session),
+        session: std::sync::Mutex::new(Some(session)),
         notifier,
         mountpoint: mountpoint.to_path_buf(),
     })

@@ -1,6 +1,7 @@
 //! The `autosquash` command line.
 
 mod cmd;
+mod config;
 mod mountpoint;
 mod source;
 mod units;
@@ -34,6 +35,8 @@ enum Command {
     Push(cmd::push::PushArgs),
     /// Make symlinks under a target tree point to every file of a source tree.
     Link(cmd::link::LinkArgs),
+    /// Show what the running daemon serves: images, versions, open files, cache, store counters.
+    Status(cmd::status::StatusArgs),
 }
 
 /// The daemon reports what it mounts; one-shot commands only speak up about problems.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             Command::Pack(args) => cmd::pack::pack(args).await,
             Command::Push(args) => cmd::push::push(args).await,
             Command::Link(args) => cmd::link::link(args),
+            Command::Status(args) => cmd::status::status(args).await,
         }
     });
     match result {

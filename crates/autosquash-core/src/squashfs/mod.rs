@@ -25,11 +25,8 @@ use codec::Codec;
 use limits::{MAX_DEPTH, TAIL_READ};
 use metadata::{BLOCK_SIZE, Tables};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use superblock::Superblock;
-
-static NEXT_IMAGE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Where an inode number was seen, so it can be decoded again by number alone.
 #[derive(Debug, Clone, Copy)]
@@ -97,7 +94,7 @@ impl Image {
             all.freeze()
         };
         let mut image = Image {
-            id: NEXT_IMAGE_ID.fetch_add(1, Ordering::Relaxed),
+            id: BlockCache::namespace(),
             codec: Codec::from_id(sb.compressor)?,
             tables: Tables {
                 start,

@@ -3,9 +3,11 @@
 //! Reads are pinned to a version (ETag), so an image opened at one version never silently
 //! mixes bytes of another: a store answers [`Error::Replaced`] instead.
 
+mod counting;
 mod dir;
 mod mem;
 
+pub use counting::{CountingStore, StoreCounters};
 pub use dir::DirStore;
 pub use mem::{MemStore, StoreStats};
 

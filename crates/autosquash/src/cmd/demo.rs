@@ -8,7 +8,6 @@ use backhand::{FilesystemCompressor, FilesystemWriter, NodeHeader};
 use clap::Args;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -124,17 +123,12 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     );
     println!("  stop with Ctrl-C (the mount is removed).");
     serve(ServeArgs {
-        source: dir.path().to_string_lossy().into_owned(),
-        mountpoint,
-        idle_timeout: Duration::from_secs(300),
-        list_interval: Duration::from_secs(60),
-        memory_limit: 128 << 20,
-        allow_other: false,
-        uid: None,
-        gid: None,
-        negative_ttl: Duration::from_secs(60),
-        wait_for_store: false,
-        s3: Default::default(),
+        source: Some(dir.path().to_string_lossy().into_owned()),
+        mountpoint: Some(mountpoint),
+        memory_limit: Some(128 << 20),
+        ignore_config: true,
+        control_socket: Some(dir.path().join("control.sock")),
+        ..ServeArgs::default()
     })
     .await
 }

@@ -6,3 +6,4 @@ pub mod link;
 pub mod pack;
 pub mod push;
 pub mod serve;
+pub mod status;

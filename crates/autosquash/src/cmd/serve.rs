@@ -1,37 +1,52 @@
-//! `autosquash serve`: the daemon. Mounts the root, keeps the listing fresh, retires idle
-//! images, and unmounts cleanly on SIGTERM or SIGINT.
+//! `autosquash serve`: the daemon. Mounts every configured tree (the image root, the plain
+//! object view) sharing one cache, keeps listings fresh, retires idle images, answers
+//! `autosquash status` on a unix socket, and unmounts cleanly on SIGTERM or SIGINT.
 
+use crate::config::{self, MountSection, MountSpec, View};
 use crate::mountpoint;
 use crate::source::{S3Args, image_source};
 use crate::units::{parse_duration, parse_size};
-use anyhow::{Context, Result};
-use autosquash_core::DirStore;
-use autosquash_fs::fuse::{self, MountConfig};
-use autosquash_fs::{AutoFs, FsConfig};
+use anyhow::{Context, Result, bail};
+use autosquash_core::{BlockCache, CountingStore, DirStore, StoreCounters};
+use autosquash_fs::fuse::{self, Mount, MountConfig};
+use autosquash_fs::{AutoFs, FsConfig, ObjectConfig, ObjectFs, Tree};
 use clap::Args;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
+    /// Configuration file (default: /etc/autosquash/config.toml, if it exists). Flags given
+    /// here override it; --source replaces its mounts with one.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Where the images are: s3://bucket/prefix/ or a local directory of <name>.squash files.
     #[arg(long)]
-    pub source: String,
-    /// Where to show them.
-    #[arg(long, default_value = "/mnt/autosquash")]
-    pub mountpoint: PathBuf,
-    /// Forget an image after this long without open files or activity (e.g. 300, 5m, 1h).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
-    /// Re-list the source this often, besides change notifications.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub list_interval: Duration,
-    /// Memory for decompressed data and metadata of all images (e.g. 256M, 1G).
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
-    pub memory_limit: u64,
-    /// Let users other than the daemon's see the mount (needs user_allow_other in
+    pub source: Option<String>,
+    /// Where to show them [default: /mnt/autosquash].
+    #[arg(long)]
+    pub mountpoint: Option<PathBuf>,
+    /// What to show: a directory per image, or the objects themselves [default: images].
+    #[arg(long, value_enum)]
+    pub view: Option<View>,
+    /// Forget an image after this long without open files or activity (e.g. 300, 5m, 1h)
+    /// [default: 5m].
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Re-list the source this often, besides change notifications [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub list_interval: Option<Duration>,
+    /// How long a name missing from the listing is remembered as missing before the store is
+    /// asked again [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub negative_ttl: Option<Duration>,
+    /// Memory for decompressed data and metadata of all mounts (e.g. 256M, 1G) [default: 256M].
+    #[arg(long, value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+    /// Let users other than the daemon's see the mounts (needs user_allow_other in
     /// /etc/fuse.conf when not running as root).
     #[arg(long)]
     pub allow_other: bool,
@@ -41,56 +56,192 @@ pub struct ServeArgs {
     /// Show every entry as owned by this gid.
     #[arg(long)]
     pub gid: Option<u32>,
-    /// How long a name missing from the listing is remembered as missing before the store is
-    /// asked again.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub negative_ttl: Duration,
     /// At start, keep retrying an unreachable store instead of exiting (for boots where the
     /// network comes up late).
     #[arg(long)]
     pub wait_for_store: bool,
+    /// Unix socket answering `autosquash status` [default: /run/autosquash/control.sock].
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
     #[command(flatten)]
     pub s3: S3Args,
+    /// Read no configuration file at all (the demo must not pick up a system's).
+    #[arg(skip)]
+    pub ignore_config: bool,
+}
+
+/// Everything serve needs, from the file and the flags.
+struct Settings {
+    mounts: Vec<MountSpec>,
+    memory_limit: u64,
+    s3: S3Args,
+    wait_for_store: bool,
+    control_socket: PathBuf,
+}
+
+fn settings(args: &ServeArgs) -> Result<Settings> {
+    let file = match args.ignore_config {
+        true => None,
+        false => config::load(args.config.as_deref())?,
+    }
+    .unwrap_or_default();
+    let mut mounts: Vec<MountSpec> = match &args.source {
+        Some(source) => vec![
+            MountSection {
+                source: source.clone(),
+                mountpoint: args
+                    .mountpoint
+                    .clone()
+                    .unwrap_or_else(|| "/mnt/autosquash".into()),
+                ..MountSection::default()
+            }
+            .resolve()?,
+        ],
+        None => file
+            .mounts
+            .iter()
+            .map(MountSection::resolve)
+            .collect::<Result<_>>()?,
+    };
+    if mounts.is_empty() {
+        bail!(
+            "nothing to serve: give --source, or [[mount]] sections in {}",
+            config::DEFAULT_PATH
+        );
+    }
+    for m in &mut mounts {
+        m.view = args.view.unwrap_or(m.view);
+        m.idle_timeout = args.idle_timeout.unwrap_or(m.idle_timeout);
+        m.list_interval = args.list_interval.unwrap_or(m.list_interval);
+        m.negative_ttl = args.negative_ttl.unwrap_or(m.negative_ttl);
+        m.allow_other |= args.allow_other;
+        m.uid = args.uid.or(m.uid);
+        m.gid = args.gid.or(m.gid);
+    }
+    Ok(Settings {
+        mounts,
+        memory_limit: args
+            .memory_limit
+            .or(file.memory_limit()?)
+            .unwrap_or(256 << 20),
+        s3: file.s3_with(&args.s3),
+        wait_for_store: args.wait_for_store || file.daemon.wait_for_store.unwrap_or(false),
+        control_socket: args
+            .control_socket
+            .clone()
+            .or(file.daemon.control_socket.clone())
+            .unwrap_or_else(|| config::DEFAULT_SOCKET.into()),
+    })
+}
+
+/// One served tree and what the daemon keeps of it.
+pub struct Served {
+    pub spec: MountSpec,
+    pub tree: Arc<dyn Tree>,
+    pub counters: Arc<StoreCounters>,
+    mount: Mount,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
+    let settings = settings(&args)?;
     mountpoint::check_fuse_device()?;
-    let mountpoint = mountpoint::prepare(&args.mountpoint)?;
-    let source = image_source(&args.source, &args.s3).await?;
-    // Local directories push changes; buckets are listed every --list-interval.
-    let mut changes = source.dir.as_ref().and_then(|dir| {
-        DirStore::new(dir)
-            .watch()
-            .map_err(|e| warn!(error = %e, "no change notifications; relying on periodic listing"))
-            .ok()
-    });
-    let store = source.store.clone();
-    let fs = AutoFs::new(
-        store.clone(),
-        FsConfig {
-            prefix: source.prefix.clone(),
-            idle_timeout: args.idle_timeout,
-            uid: args.uid,
-            gid: args.gid,
-            memory_limit: args.memory_limit,
-            negative_ttl: args.negative_ttl,
-        },
-    );
-    let shown = format!("{}/{}", store.describe(), source.prefix);
+    let cache = BlockCache::new(settings.memory_limit);
+    let mut served = Vec::new();
+    let mut tasks = Vec::new();
+    for spec in &settings.mounts {
+        let (one, task) = start_mount(spec, &settings, &cache).await?;
+        served.push(one);
+        tasks.push(task);
+    }
+    let served = Arc::new(served);
+    let status = crate::cmd::status::listen(
+        &settings.control_socket,
+        served.clone(),
+        cache.clone(),
+    )
+    .map_err(|e| warn!(socket = %settings.control_socket.display(), error = %e, "no status socket"))
+    .ok();
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+    for task in tasks {
+        task.abort();
+    }
+    if let Some(status) = status {
+        status.abort();
+        let _ = std::fs::remove_file(&settings.control_socket);
+    }
+    let mut result = Ok(());
+    for one in served.iter() {
+        info!(mountpoint = %one.spec.mountpoint.display(), "unmounting");
+        if let Err(e) = one.mount.unmount() {
+            result =
+                Err(e).with_context(|| format!("unmounting {}", one.spec.mountpoint.display()));
+        }
+    }
+    result
+}
+
+/// Lists the source (retrying if asked to), mounts it, and starts its housekeeping task.
+async fn start_mount(
+    spec: &MountSpec,
+    settings: &Settings,
+    cache: &Arc<BlockCache>,
+) -> Result<(Served, tokio::task::JoinHandle<()>)> {
+    let mountpoint = mountpoint::prepare(&spec.mountpoint)?;
+    let source = image_source(&spec.source, &settings.s3).await?;
+    let counting = CountingStore::new(source.store.clone());
+    let counters = counting.counters.clone();
+    let store = Arc::new(counting);
+    let tree: Arc<dyn Tree> = match spec.view {
+        View::Images => AutoFs::with_cache(
+            store,
+            cache.clone(),
+            FsConfig {
+                prefix: source.prefix.clone(),
+                idle_timeout: spec.idle_timeout,
+                uid: spec.uid,
+                gid: spec.gid,
+                memory_limit: settings.memory_limit,
+                negative_ttl: spec.negative_ttl,
+            },
+        ),
+        View::Objects => ObjectFs::new(
+            store,
+            cache.clone(),
+            ObjectConfig {
+                prefix: source.prefix.clone(),
+                uid: spec.uid,
+                gid: spec.gid,
+            },
+        ),
+    };
+    let shown = tree.describe();
     let mut delay = Duration::from_secs(1);
-    while let Err(e) = fs.refresh().await {
-        if !args.wait_for_store {
-            return Err(e).with_context(|| format!("cannot list images in {shown}"));
+    while let Err(e) = tree.refresh().await {
+        if !settings.wait_for_store {
+            return Err(e).with_context(|| format!("cannot list {shown}"));
         }
         warn!(source = %shown, error = %e, retry_in = ?delay, "store not reachable yet");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(60));
     }
+    // Local directories push changes; buckets are listed every --list-interval.
+    let changes = source.dir.as_ref().and_then(|dir| {
+        DirStore::new(dir)
+            .watch()
+            .map_err(|e| warn!(error = %e, "no change notifications; relying on periodic listing"))
+            .ok()
+    });
     let mount = fuse::mount(
-        fs.clone(),
+        tree.clone(),
         &mountpoint,
         &MountConfig {
-            allow_other: args.allow_other,
+            allow_other: spec.allow_other,
         },
         tokio::runtime::Handle::current(),
     )
@@ -102,35 +253,58 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         )
     })?;
     info!(source = %shown, mountpoint = %mountpoint.display(), "serving");
-
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut expiry = tokio::time::interval(Duration::from_secs(1).min(args.idle_timeout));
-    let mut relist = tokio::time::interval(args.list_interval);
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = expiry.tick() => {
-                for name in fs.expire() {
-                    mount.invalidate(&name);
-                }
-            }
-            _ = relist.tick() => refresh(&fs).await,
-            Some(()) = async { match changes.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
-                // Let a burst of events (a copy in progress) settle first.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                refresh(&fs).await;
-            }
-        }
-    }
-    info!(mountpoint = %mountpoint.display(), "unmounting");
-    mount.unmount().context("unmount failed")?;
-    Ok(())
+    let task = tokio::spawn(housekeeping(
+        tree.clone(),
+        mount.invalidator(),
+        changes,
+        spec.clone(),
+    ));
+    let mut spec = spec.clone();
+    spec.mountpoint = mountpoint;
+    Ok((
+        Served {
+            spec,
+            tree,
+            counters,
+            mount,
+        },
+        task,
+    ))
 }
 
-async fn refresh(fs: &AutoFs) {
-    if let Err(e) = fs.refresh().await {
-        warn!(error = %e, "cannot refresh the image listing; keeping the previous one");
+/// Retires idle images every second; re-lists on change notifications and every interval.
+async fn housekeeping(
+    tree: Arc<dyn Tree>,
+    invalidate: fuse::Invalidator,
+    mut changes: Option<tokio::sync::mpsc::Receiver<()>>,
+    spec: MountSpec,
+) {
+    let mut expiry = tokio::time::interval(Duration::from_secs(1).min(spec.idle_timeout));
+    let mut last_list = Instant::now();
+    loop {
+        let changed = async {
+            match changes.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = expiry.tick() => {
+                for name in tree.expire() {
+                    invalidate.entry(&name);
+                }
+                if last_list.elapsed() < spec.list_interval {
+                    continue;
+                }
+            }
+            Some(()) = changed => {
+                // Let a burst of events (a copy in progress) settle first.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        last_list = Instant::now();
+        if let Err(e) = tree.refresh().await {
+            warn!(source = %tree.describe(), error = %e, "cannot refresh the listing; keeping the previous one");
+        }
     }
 }

@@ -60,6 +60,8 @@ impl Daemon {
             .arg(source)
             .arg("--mountpoint")
             .arg(mountpoint)
+            .arg("--control-socket")
+            .arg(mountpoint.with_extension("sock"))
             .args(extra)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("AUTOSQUASH_LOG", "info")
@@ -111,6 +113,10 @@ impl Daemon {
             || daemon.log_text().contains("serving"),
         );
         daemon
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.mountpoint.with_extension("sock")
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,150 @@
+//! `autosquash status`: the daemon answers on a unix socket with one JSON document (mounts,
+//! images, cache, store counters, memory); the command prints it as a table or as JSON.
+
+use super::serve::Served;
+use crate::config;
+use anyhow::{Context, Result};
+use autosquash_core::BlockCache;
+use clap::Args;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Print the daemon's JSON document as it is.
+    #[arg(long)]
+    json: bool,
+    /// The daemon's control socket.
+    #[arg(long, default_value = config::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+}
+
+/// Peak and current resident memory of this process, in KiB.
+fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn document(served: &[Served], cache: &BlockCache) -> Value {
+    let (hits, lookups) = cache.hits_and_lookups();
+    let (rss, peak) = memory_kib();
+    let mounts: Vec<Value> = served
+        .iter()
+        .map(|s| {
+            let c = &s.counters;
+            let mut tree = s.tree.status();
+            tree["mountpoint"] = json!(s.spec.mountpoint);
+            tree["store"] = json!({
+                "requests": c.requests.load(Ordering::Relaxed),
+                "bytes": c.bytes.load(Ordering::Relaxed),
+                "errors": c.errors.load(Ordering::Relaxed),
+                "replaced": c.replaced.load(Ordering::Relaxed),
+            });
+            tree
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "mounts": mounts,
+        "cache": {
+            "memory_bytes": cache.used_bytes(),
+            "memory_limit": cache.capacity_bytes(),
+            "lookups": lookups,
+            "hits": hits,
+            "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
+        },
+        "memory": { "rss_kib": rss, "peak_rss_kib": peak },
+    })
+}
+
+/// Serves status documents on `path` until the returned task is aborted.
+pub fn listen(
+    path: &Path,
+    served: Arc<Vec<Served>>,
+    cache: Arc<BlockCache>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A socket left by a daemon that died is in the way: nothing can be listening on it, as
+    // the mountpoint checks already made sure no other daemon runs with this configuration.
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    Ok(tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let body = document(&served, &cache).to_string();
+            tokio::spawn(async move {
+                let _ = conn.write_all(body.as_bytes()).await;
+            });
+        }
+    }))
+}
+
+pub async fn status(args: StatusArgs) -> Result<()> {
+    let mut conn = tokio::net::UnixStream::connect(&args.control_socket)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the daemon at {} (is autosquash serve running?)",
+                args.control_socket.display()
+            )
+        })?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await?;
+    let doc: Value = serde_json::from_str(&text).context("the daemon sent invalid status")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let cache = &doc["cache"];
+    println!(
+        "autosquash {} (pid {}): memory {} KiB (peak {} KiB), cache {} of {} bytes, hit ratio {:.1}%",
+        doc["version"].as_str().unwrap_or("?"),
+        doc["pid"],
+        doc["memory"]["rss_kib"],
+        doc["memory"]["peak_rss_kib"],
+        cache["memory_bytes"],
+        cache["memory_limit"],
+        cache["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0
+    );
+    for m in doc["mounts"].as_array().into_iter().flatten() {
+        let s = &m["store"];
+        println!(
+            "\n{} <- {} ({}): store requests {}, bytes {}, errors {}, replaced {}",
+            m["mountpoint"].as_str().unwrap_or("?"),
+            m["source"].as_str().unwrap_or("?"),
+            m["kind"].as_str().unwrap_or("?"),
+            s["requests"],
+            s["bytes"],
+            s["errors"],
+            s["replaced"]
+        );
+        for image in m["images_mounted"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<30} etag {} mounted {}s ago, idle {}s, {} open files{}",
+                image["name"].as_str().unwrap_or("?"),
+                image["etag"].as_str().unwrap_or("?"),
+                image["mounted_secs_ago"],
+                image["idle_secs"],
+                image["open_files"],
+                if image["outdated"].as_bool() == Some(true) {
+                    ", outdated"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(())
+}
