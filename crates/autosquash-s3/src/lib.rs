@@ -20,6 +20,9 @@ use std::ops::Range;
 use std::time::Duration;
 use tracing::debug;
 
+mod upload;
+pub use upload::*;
+
 /// Where and how to reach a bucket. Field names follow the aws CLI's flags.
 #[derive(Debug, Clone)]
 pub struct S3Config {
