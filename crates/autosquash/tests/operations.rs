@@ -160,3 +160,64 @@ fn status_without_a_daemon_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is autosquash serve running?"));
 }
+
+#[test]
+fn a_pushed_tarball_shows_up_in_a_running_daemon_without_restart() {
+    let Some(garage) = Garage::start("pushed") else {
+        return;
+    };
+    let dir = open_tempdir();
+    let work = dir.path();
+    let tree = work.join("course");
+    std::fs::create_dir_all(tree.join("data")).unwrap();
+    std::fs::write(tree.join("data/reads.fq"), pseudo_random_bytes(3, 300_000)).unwrap();
+    std::fs::write(tree.join("README"), "course material\n").unwrap();
+    let tarball = work.join("course.tar.gz");
+    let ok = Command::new("tar")
+        .arg("czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mnt = work.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let s3 = ["--endpoint-url", &garage.endpoint, "--force-path-style"];
+    let mut args = vec!["--list-interval", "1h"];
+    args.extend(s3);
+    let _daemon =
+        common::Daemon::start_with_env("s3://pushed/autosquash/", &mnt, &args, &garage.env());
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+    let out = Command::new(env!("CARGO_BIN_EXE_autosquash"))
+        .args([
+            "push",
+            tarball.to_str().unwrap(),
+            "s3://pushed/autosquash/course.squash",
+            "--quiet",
+        ])
+        .args(s3)
+        .envs(garage.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The listing is an hour old, but a lookup of the new name asks the store at once.
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("course/README")).unwrap(),
+        "course material\n"
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("course/data/reads.fq")).unwrap(),
+        pseudo_random_bytes(3, 300_000)
+    );
+    assert!(
+        std::fs::read_dir(&mnt)
+            .unwrap()
+            .any(|e| e.unwrap().file_name() == "course")
+    );
+}
