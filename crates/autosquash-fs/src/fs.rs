@@ -109,6 +109,48 @@ impl Drop for Mounted {
 struct Handle {
     mounted: Arc<Mounted>,
     inode: Arc<Inode>,
+    readahead: Mutex<Readahead>,
+}
+
+/// Sequential readahead of one open file: while reads follow each other, the next `window`
+/// bytes are fetched (in parallel parts, so decompression uses every core) before they are
+/// asked for, the window doubling from 1 MiB up to 64 MiB (or an eighth of the memory budget).
+/// The kernel's own readahead arrives slightly out of order, so a read starting within 1 MiB
+/// of where the last one ended still counts as sequential.
+#[derive(Default)]
+struct Readahead {
+    /// Where the last read ended.
+    next: u64,
+    window: u64,
+    /// Everything before this has been fetched or is being fetched.
+    ahead: u64,
+}
+
+const READAHEAD_MIN: u64 = 1 << 20;
+const READAHEAD_MAX: u64 = 64 << 20;
+const READAHEAD_PART: u64 = 4 << 20;
+
+impl Readahead {
+    /// Records a read of `offset..end` and returns the range to fetch ahead, if any.
+    fn advance(&mut self, offset: u64, end: u64, max_window: u64) -> Option<std::ops::Range<u64>> {
+        let sequential =
+            offset.abs_diff(self.next) <= READAHEAD_MIN && (offset > 0 || self.next > 0);
+        self.next = self.next.max(end);
+        if !sequential {
+            self.window = 0;
+            self.ahead = end;
+            return None;
+        }
+        self.window = (self.window * 2).clamp(READAHEAD_MIN, max_window.max(READAHEAD_MIN));
+        let target = end + self.window;
+        // Only refill once half the window has been consumed, so fetches come in big parts.
+        if self.ahead >= end + self.window / 2 {
+            return None;
+        }
+        let from = self.ahead.max(end);
+        self.ahead = target;
+        Some(from..target)
+    }
 }
 
 #[derive(Default)]
@@ -154,6 +196,21 @@ fn now_secs() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as u32)
+}
+
+/// Fetches `range` of a file into the cache in the background, in parallel parts. Errors are
+/// ignored: the read that needs the data will fetch it again and report them.
+fn prefetch(image: &Arc<Image>, inode: &Arc<Inode>, range: std::ops::Range<u64>) {
+    let end = range.end.min(inode.size);
+    let mut part = range.start;
+    while part < end {
+        let len = READAHEAD_PART.min(end - part);
+        let (image, inode) = (image.clone(), inode.clone());
+        tokio::spawn(async move {
+            let _ = image.read(&inode, part, len as usize).await;
+        });
+        part += len;
+    }
 }
 
 /// The image name of a key, if it is an image directly under `prefix` whose name is usable
@@ -569,17 +626,34 @@ impl AutoFs {
         let mut state = self.state();
         let fh = state.next_handle;
         state.next_handle += 1;
-        state.handles.insert(fh, Handle { mounted: m, inode });
+        state.handles.insert(
+            fh,
+            Handle {
+                mounted: m,
+                inode,
+                readahead: Mutex::default(),
+            },
+        );
         Ok(fh)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let (m, inode) = {
+        let (m, inode, ahead) = {
             let state = self.state();
             let handle = state.handles.get(&fh).ok_or(FsError::BadHandle)?;
-            (handle.mounted.clone(), handle.inode.clone())
+            let end = (offset + u64::from(size)).min(handle.inode.size);
+            let max_window = (self.config.memory_limit / 8).min(READAHEAD_MAX);
+            let ahead = handle
+                .readahead
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .advance(offset, end, max_window);
+            (handle.mounted.clone(), handle.inode.clone(), ahead)
         };
         self.touch(&m);
+        if let Some(range) = ahead.filter(|r| r.start < inode.size) {
+            prefetch(&m.image, &inode, range);
+        }
         m.image
             .read(&inode, offset, size as usize)
             .await
@@ -637,6 +711,56 @@ impl AutoFs {
             files: u64::from(info.inode_count),
             bsize: info.block_size,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readahead_grows_on_sequential_reads_and_resets_on_seeks() {
+        let mut r = Readahead::default();
+        let max = 64 << 20;
+        assert_eq!(
+            r.advance(0, 131072, max),
+            None,
+            "the first read is no pattern yet"
+        );
+        let first = r
+            .advance(131072, 262144, max)
+            .expect("sequential read triggers readahead");
+        assert_eq!(first, 262144..262144 + (1 << 20));
+        // Slightly out of order (kernel readahead) still counts, and the window doubles.
+        let mut fetched = vec![first];
+        let mut offset = 262144;
+        while offset < 40 << 20 {
+            if let Some(range) = r.advance(offset, offset + 131072, max) {
+                assert_eq!(
+                    range.start,
+                    fetched.last().unwrap().end,
+                    "gap or overlap in readahead"
+                );
+                fetched.push(range);
+            }
+            offset += 131072;
+        }
+        assert!(r.window > 8 << 20, "window did not grow: {}", r.window);
+        assert!(
+            fetched.last().unwrap().end >= offset,
+            "readahead fell behind the reader"
+        );
+        // A seek far away resets it.
+        assert_eq!(r.advance(900 << 20, (900 << 20) + 4096, max), None);
+        assert_eq!(r.window, 0);
+        // The window never exceeds the cap.
+        let mut r = Readahead::default();
+        let mut offset = 0;
+        for _ in 0..1000 {
+            r.advance(offset, offset + (1 << 20), 4 << 20);
+            offset += 1 << 20;
+        }
+        assert_eq!(r.window, 4 << 20);
     }
 }
 

@@ -260,3 +260,49 @@ async fn an_unreachable_store_fails_mounts_with_eio_not_a_hang() {
         "a transient failure was remembered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_reads_are_served_from_readahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let data = autosquash_testkit::corpus::pseudo_random_bytes(4, 8 << 20);
+    std::fs::write(src.join("big"), &data).unwrap();
+    mksquashfs(&src, &dir.path().join("i.squash"), &["-comp", "zstd"]);
+    let store = Arc::new(MemStore::new());
+    store.put(
+        "big.squash",
+        std::fs::read(dir.path().join("i.squash")).unwrap(),
+    );
+    let fs = AutoFs::new(store.clone(), FsConfig::default());
+    fs.refresh().await.unwrap();
+    let root = fs.lookup(ROOT_INO, b"big").await.unwrap();
+    let file = fs.lookup(root.ino, b"big").await.unwrap();
+    let fh = fs.open(file.ino, false).unwrap();
+    let chunk = 128 << 10;
+    let mut offset = 0;
+    for _ in 0..2 {
+        let got = fs.read(fh, offset, chunk).await.unwrap();
+        assert!(got[..] == data[offset as usize..offset as usize + chunk as usize]);
+        offset += u64::from(chunk);
+    }
+    // Let the readahead land; then the next megabyte is read with the store down: it must all
+    // come from what was fetched ahead.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.set_failing(true);
+    for _ in 0..8 {
+        let got = fs
+            .read(fh, offset, chunk)
+            .await
+            .expect("sequential read missed the readahead");
+        assert!(got[..] == data[offset as usize..offset as usize + chunk as usize]);
+        offset += u64::from(chunk);
+    }
+    store.set_failing(false);
+    // Reading on to the end returns the right bytes all the way.
+    while offset < data.len() as u64 {
+        let got = fs.read(fh, offset, 1 << 20).await.unwrap();
+        assert!(got[..] == data[offset as usize..offset as usize + got.len()]);
+        offset += got.len() as u64;
+    }
+}
