@@ -714,56 +714,6 @@ impl AutoFs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn readahead_grows_on_sequential_reads_and_resets_on_seeks() {
-        let mut r = Readahead::default();
-        let max = 64 << 20;
-        assert_eq!(
-            r.advance(0, 131072, max),
-            None,
-            "the first read is no pattern yet"
-        );
-        let first = r
-            .advance(131072, 262144, max)
-            .expect("sequential read triggers readahead");
-        assert_eq!(first, 262144..262144 + (1 << 20));
-        // Slightly out of order (kernel readahead) still counts, and the window doubles.
-        let mut fetched = vec![first];
-        let mut offset = 262144;
-        while offset < 40 << 20 {
-            if let Some(range) = r.advance(offset, offset + 131072, max) {
-                assert_eq!(
-                    range.start,
-                    fetched.last().unwrap().end,
-                    "gap or overlap in readahead"
-                );
-                fetched.push(range);
-            }
-            offset += 131072;
-        }
-        assert!(r.window > 8 << 20, "window did not grow: {}", r.window);
-        assert!(
-            fetched.last().unwrap().end >= offset,
-            "readahead fell behind the reader"
-        );
-        // A seek far away resets it.
-        assert_eq!(r.advance(900 << 20, (900 << 20) + 4096, max), None);
-        assert_eq!(r.window, 0);
-        // The window never exceeds the cap.
-        let mut r = Readahead::default();
-        let mut offset = 0;
-        for _ in 0..1000 {
-            r.advance(offset, offset + (1 << 20), 4 << 20);
-            offset += 1 << 20;
-        }
-        assert_eq!(r.window, 4 << 20);
-    }
-}
-
 #[async_trait::async_trait]
 impl crate::tree::Tree for AutoFs {
     async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
@@ -836,5 +786,55 @@ impl crate::tree::Tree for AutoFs {
             "images_mounted": images,
             "slots": state.slots.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readahead_grows_on_sequential_reads_and_resets_on_seeks() {
+        let mut r = Readahead::default();
+        let max = 64 << 20;
+        assert_eq!(
+            r.advance(0, 131072, max),
+            None,
+            "the first read is no pattern yet"
+        );
+        let first = r
+            .advance(131072, 262144, max)
+            .expect("sequential read triggers readahead");
+        assert_eq!(first, 262144..262144 + (1 << 20));
+        // Slightly out of order (kernel readahead) still counts, and the window doubles.
+        let mut fetched = vec![first];
+        let mut offset = 262144;
+        while offset < 40 << 20 {
+            if let Some(range) = r.advance(offset, offset + 131072, max) {
+                assert_eq!(
+                    range.start,
+                    fetched.last().unwrap().end,
+                    "gap or overlap in readahead"
+                );
+                fetched.push(range);
+            }
+            offset += 131072;
+        }
+        assert!(r.window > 8 << 20, "window did not grow: {}", r.window);
+        assert!(
+            fetched.last().unwrap().end >= offset,
+            "readahead fell behind the reader"
+        );
+        // A seek far away resets it.
+        assert_eq!(r.advance(900 << 20, (900 << 20) + 4096, max), None);
+        assert_eq!(r.window, 0);
+        // The window never exceeds the cap.
+        let mut r = Readahead::default();
+        let mut offset = 0;
+        for _ in 0..1000 {
+            r.advance(offset, offset + (1 << 20), 4 << 20);
+            offset += 1 << 20;
+        }
+        assert_eq!(r.window, 4 << 20);
     }
 }
