@@ -172,19 +172,24 @@ async fn ours(
         }
         "walk" | "readall" => {
             let read = scenario == "readall";
-            let mut dirs = vec![root];
-            while let Some(dir) = dirs.pop() {
-                for entry in image.listing(&dir)?.iter() {
-                    let inode = image.entry_inode(&dir, entry)?;
-                    out.entries += 1;
-                    // The fields `stat` reports.
-                    std::hint::black_box((inode.mode(), inode.uid, inode.gid, inode.mtime));
-                    match inode.kind {
-                        FileKind::Directory => dirs.push(inode),
-                        FileKind::File if read => read_ours(&image, &inode, &mut out).await?,
-                        FileKind::File => out.file_bytes += inode.size,
-                        _ => {}
-                    }
+            // Depth first in name order, the order of backhand's `files()`: each directory's
+            // listing and the index of its next entry.
+            let mut stack = vec![(image.listing(&root)?, root, 0)];
+            while let Some((listing, dir, next)) = stack.last_mut() {
+                let Some(entry) = listing.get(*next) else {
+                    stack.pop();
+                    continue;
+                };
+                *next += 1;
+                let inode = image.entry_inode(dir, entry)?;
+                out.entries += 1;
+                // The fields `stat` reports.
+                std::hint::black_box((inode.mode(), inode.uid, inode.gid, inode.mtime));
+                match inode.kind {
+                    FileKind::Directory => stack.push((image.listing(&inode)?, inode, 0)),
+                    FileKind::File if read => read_ours(&image, &inode, &mut out).await?,
+                    FileKind::File => out.file_bytes += inode.size,
+                    _ => {}
                 }
             }
         }
