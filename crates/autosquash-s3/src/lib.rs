@@ -166,6 +166,7 @@ impl S3Store {
         if let SdkError::ServiceError(service) = &err {
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or("");
+            let message = service.err().message().unwrap_or("");
             match (status, code) {
                 (_, "NoSuchBucket") => {
                     return Error::store(
@@ -175,7 +176,10 @@ impl S3Store {
                 }
                 (404, _) | (_, "NoSuchKey") => return Error::ObjectNotFound(key.to_owned()),
                 (412, _) => return Error::Replaced(key.to_owned()),
-                _ => {}
+                _ => {
+                    let what = format!("{code} (HTTP {status}): {message}");
+                    return Error::store(&format!("s3://{}/{key}", self.bucket), what);
+                }
             }
         }
         let what = match &err {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/autosquash/config.toml";
 pub const DEFAULT_SOCKET: &str = "/run/autosquash/control.sock";
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/autosquash";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +29,8 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct DaemonSection {
     pub memory_limit: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_size: Option<String>,
     pub control_socket: Option<PathBuf>,
     pub wait_for_store: Option<bool>,
 }
@@ -127,6 +130,15 @@ impl ConfigFile {
     pub fn memory_limit(&self) -> Result<Option<u64>> {
         self.daemon
             .memory_limit
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+    }
+
+    pub fn cache_size(&self) -> Result<Option<u64>> {
+        self.daemon
+            .cache_size
             .as_deref()
             .map(parse_size)
             .transpose()

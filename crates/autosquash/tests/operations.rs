@@ -38,6 +38,7 @@ fn a_config_file_serves_images_and_objects_and_status_reports_them() {
 [daemon]
 memory_limit = "128M"
 control_socket = "{socket}"
+cache_dir = "{cache}"
 [s3]
 endpoint_url = "{endpoint}"
 force_path_style = true
@@ -50,6 +51,7 @@ mountpoint = "{objects}"
 view = "objects"
 "#,
             socket = socket.display(),
+            cache = work.join("cache").display(),
             endpoint = garage.endpoint,
             images = images.display(),
             objects = objects.display(),

@@ -39,6 +39,23 @@ pub trait Store: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
+/// A shared store is a store, so wrappers can hold `Arc<dyn Store>` or `Arc<MemStore>`.
+#[async_trait::async_trait]
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        (**self).list(prefix).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        (**self).head(key).await
+    }
+    async fn read(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes> {
+        (**self).read(key, etag, range).await
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
 /// Rejects keys that could escape a store's root: empty, absolute, `.`/`..` components, NUL.
 pub fn check_key(key: &str) -> Result<()> {
     let bad = key.is_empty()

@@ -7,7 +7,8 @@ use crate::mountpoint;
 use crate::source::{S3Args, image_source};
 use crate::units::{parse_duration, parse_size};
 use anyhow::{Context, Result, bail};
-use autosquash_core::{BlockCache, CountingStore, DirStore, StoreCounters};
+use autosquash_cache::CachedStore;
+use autosquash_core::{BlockCache, CountingStore, DirStore, Store, StoreCounters};
 use autosquash_fs::fuse::{self, Mount, MountConfig};
 use autosquash_fs::{AutoFs, FsConfig, ObjectConfig, ObjectFs, Tree};
 use clap::Args;
@@ -60,6 +61,12 @@ pub struct ServeArgs {
     /// network comes up late).
     #[arg(long)]
     pub wait_for_store: bool,
+    /// Directory of the persistent disk cache of S3 data [default: /var/cache/autosquash].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Size cap of the disk cache; 0 turns it off (e.g. 10G) [default: 10G].
+    #[arg(long, value_parser = parse_size)]
+    pub cache_size: Option<u64>,
     /// Unix socket answering `autosquash status` [default: /run/autosquash/control.sock].
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
@@ -77,6 +84,8 @@ struct Settings {
     s3: S3Args,
     wait_for_store: bool,
     control_socket: PathBuf,
+    cache_dir: PathBuf,
+    cache_size: u64,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
@@ -126,6 +135,12 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .unwrap_or(256 << 20),
         s3: file.s3_with(&args.s3),
         wait_for_store: args.wait_for_store || file.daemon.wait_for_store.unwrap_or(false),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .or(file.daemon.cache_dir.clone())
+            .unwrap_or_else(|| config::DEFAULT_CACHE_DIR.into()),
+        cache_size: args.cache_size.or(file.cache_size()?).unwrap_or(10 << 30),
         control_socket: args
             .control_socket
             .clone()
@@ -196,7 +211,16 @@ async fn start_mount(
     let source = image_source(&spec.source, &settings.s3).await?;
     let counting = CountingStore::new(source.store.clone());
     let counters = counting.counters.clone();
-    let store = Arc::new(counting);
+    // Remote data is kept on local disk across restarts; a local directory needs no copy.
+    let store: Arc<dyn Store> = if source.dir.is_none() && settings.cache_size > 0 {
+        Arc::new(CachedStore::new(
+            counting,
+            settings.cache_dir.clone(),
+            settings.cache_size,
+        ))
+    } else {
+        Arc::new(counting)
+    };
     let tree: Arc<dyn Tree> = match spec.view {
         View::Images => AutoFs::with_cache(
             store,

@@ -62,6 +62,8 @@ impl Daemon {
             .arg(mountpoint)
             .arg("--control-socket")
             .arg(mountpoint.with_extension("sock"))
+            .arg("--cache-dir")
+            .arg(mountpoint.with_extension("cache"))
             .args(extra)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("AUTOSQUASH_LOG", "info")

@@ -1,0 +1,191 @@
+//! Each property of the disk cache, against an in-memory store that counts requests.
+
+use autosquash_cache::{CHUNK, CachedStore};
+use autosquash_core::{MemStore, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn object(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 3) as u8).collect()
+}
+
+/// A cached store over a `MemStore` holding `len` bytes as "obj", with the version learned.
+async fn setup(
+    dir: &std::path::Path,
+    cap: u64,
+    len: usize,
+) -> (Arc<CachedStore<Arc<MemStore>>>, Arc<MemStore>, String) {
+    let mem = Arc::new(MemStore::new());
+    mem.put("obj", object(len));
+    let cached = Arc::new(CachedStore::new(mem.clone(), dir.to_path_buf(), cap));
+    let etag = cached.head("obj").await.unwrap().etag;
+    mem.reset_stats();
+    (cached, mem, etag)
+}
+
+#[tokio::test]
+async fn reads_are_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = object(5 << 20);
+    let (cached, mem, etag) = setup(dir.path(), 1 << 30, data.len()).await;
+    let got = cached.read("obj", &etag, 1000..3_000_000).await.unwrap();
+    assert_eq!(got[..], data[1000..3_000_000]);
+    assert_eq!(mem.stats().reads, 1, "three missing chunks are one request");
+    drop(cached);
+    // A new daemon on the same directory: nothing is fetched again.
+    let (cached, mem, etag2) = setup(dir.path(), 1 << 30, data.len()).await;
+    assert_eq!(etag, etag2);
+    let got = cached.read("obj", &etag, 500_000..2_500_000).await.unwrap();
+    assert_eq!(got[..], data[500_000..2_500_000]);
+    assert_eq!(mem.stats().reads, 0);
+    // The last chunk of the object is short, and cached as such.
+    let tail = cached
+        .read("obj", &etag, (5 << 20) - 10..5 << 20)
+        .await
+        .unwrap();
+    assert_eq!(tail[..], data[data.len() - 10..]);
+    assert_eq!(
+        cached
+            .read("obj", &etag, (5 << 20) - 10..5 << 20)
+            .await
+            .unwrap(),
+        tail
+    );
+    assert_eq!(mem.stats().reads, 1);
+}
+
+#[tokio::test]
+async fn a_damaged_chunk_is_dropped_and_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = object(2 << 20);
+    let (cached, mem, etag) = setup(dir.path(), 1 << 30, data.len()).await;
+    cached.read("obj", &etag, 0..100).await.unwrap();
+    let mut files = Vec::new();
+    for version in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        for v in std::fs::read_dir(version.path()).unwrap().flatten() {
+            for c in std::fs::read_dir(v.path()).unwrap().flatten() {
+                files.push(c.path());
+            }
+        }
+    }
+    assert_eq!(files.len(), 1);
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&files[0], bytes).unwrap();
+    let got = cached.read("obj", &etag, 0..CHUNK).await.unwrap();
+    assert_eq!(
+        got[..],
+        data[..CHUNK as usize],
+        "a damaged chunk was served"
+    );
+    assert_eq!(mem.stats().reads, 2);
+    // And the fresh copy is good again.
+    cached.read("obj", &etag, 0..CHUNK).await.unwrap();
+    assert_eq!(mem.stats().reads, 2);
+}
+
+#[tokio::test]
+async fn the_cache_stays_under_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 3 * CHUNK + CHUNK / 2;
+    let data = object(10 << 20);
+    let (cached, mem, etag) = setup(dir.path(), cap, data.len()).await;
+    for i in 0..10 {
+        let got = cached
+            .read("obj", &etag, i * CHUNK..i * CHUNK + 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            got[..],
+            data[(i * CHUNK) as usize..(i * CHUNK) as usize + 10]
+        );
+        assert!(
+            cached.disk_usage().0 <= cap,
+            "{} bytes over a cap of {cap}",
+            cached.disk_usage().0
+        );
+    }
+    // The most recent chunk is still there; the oldest was evicted.
+    let before = mem.stats().reads;
+    cached
+        .read("obj", &etag, 9 * CHUNK..9 * CHUNK + 10)
+        .await
+        .unwrap();
+    assert_eq!(mem.stats().reads, before);
+    cached.read("obj", &etag, 0..10).await.unwrap();
+    assert_eq!(mem.stats().reads, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_readers_of_one_chunk_share_one_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cached, mem, etag) = setup(dir.path(), 1 << 30, 3 << 20).await;
+    mem.set_delay(Duration::from_millis(200));
+    let readers: Vec<_> = (0..8)
+        .map(|i| {
+            let (cached, etag) = (cached.clone(), etag.clone());
+            tokio::spawn(async move {
+                cached
+                    .read("obj", &etag, CHUNK + i * 1000..CHUNK + i * 1000 + 100)
+                    .await
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap().unwrap();
+    }
+    assert_eq!(mem.stats().reads, 1);
+}
+
+#[tokio::test]
+async fn unknown_versions_pass_through_uncached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStore::new());
+    mem.put("obj", object(100));
+    let etag = mem.head("obj").await.unwrap().etag;
+    let cached = CachedStore::new(mem.clone(), dir.path().to_path_buf(), 1 << 30);
+    assert_eq!(
+        cached.read("obj", &etag, 10..20).await.unwrap()[..],
+        object(100)[10..20]
+    );
+    assert_eq!(
+        cached.read("obj", &etag, 10..20).await.unwrap()[..],
+        object(100)[10..20]
+    );
+    assert_eq!(mem.stats().reads, 2);
+    assert_eq!(cached.disk_usage().0, 0);
+}
+
+/// Unmounts a test tmpfs even when the test fails.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk: a 1 MiB tmpfs. Reads keep working; the disk cache turns itself off.
+#[tokio::test]
+async fn a_full_disk_turns_the_cache_off_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting a tmpfs needs root");
+    let _tmpfs = Tmpfs(dir.path().to_path_buf());
+    let data = object(4 << 20);
+    let (cached, _mem, etag) = setup(dir.path(), 1 << 30, data.len()).await;
+    for i in 0..4 {
+        let range = i * CHUNK..(i + 1) * CHUNK;
+        let got = cached.read("obj", &etag, range.clone()).await.unwrap();
+        assert_eq!(got[..], data[range.start as usize..range.end as usize]);
+    }
+    assert!(
+        !cached.disk_usage().1,
+        "the disk cache is still on with a full disk"
+    );
+}
