@@ -84,7 +84,7 @@ impl Disk {
                 found.push((age, path, meta.len()));
             }
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
         let mut index = self.lock();
         for (_, path, size) in found {
             index.clock += 1;
@@ -146,7 +146,7 @@ impl Disk {
             let mut hasher = crc32fast::Hasher::new();
             hasher.update(&header);
             hasher.update(data);
-            (hasher.finalize().to_le_bytes() == crc).then(|| data.len())
+            (hasher.finalize().to_le_bytes() == crc).then_some(data.len())
         });
         match (bytes, valid) {
             (Some(b), Some(len)) => Some(Bytes::from(b).slice(header.len()..header.len() + len)),
