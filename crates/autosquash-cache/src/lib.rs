@@ -165,4 +165,8 @@ impl<S: Store> Store for CachedStore<S> {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn retries(&self) -> u64 {
+        self.inner.retries()
+    }
 }

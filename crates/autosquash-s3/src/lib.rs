@@ -14,9 +14,16 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::Region;
+use aws_sdk_s3::config::interceptors::{
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::box_error::BoxError;
 use bytes::Bytes;
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tracing::debug;
 
@@ -70,6 +77,44 @@ pub fn parse_url(url: &str) -> Option<(String, String)> {
 pub struct S3Store {
     client: Client,
     bucket: String,
+    attempts: Arc<Attempts>,
+}
+
+/// Counts the SDK's request attempts and operations: their difference is the retries.
+#[derive(Debug, Default)]
+struct Attempts {
+    operations: AtomicU64,
+    attempts: AtomicU64,
+    /// Cut-off bodies retried by [`S3Store::read`] itself.
+    body_retries: AtomicU64,
+}
+
+#[derive(Debug)]
+struct CountAttempts(Arc<Attempts>);
+
+impl Intercept for CountAttempts {
+    fn name(&self) -> &'static str {
+        "autosquash-count-attempts"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.operations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.attempts.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// Attempts at reading a response body that breaks off.
@@ -150,9 +195,12 @@ impl S3Store {
         if let Some(endpoint) = &config.endpoint_url {
             builder = builder.endpoint_url(endpoint);
         }
+        let attempts = Arc::new(Attempts::default());
+        builder = builder.interceptor(CountAttempts(attempts.clone()));
         Self {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
+            attempts,
         }
     }
 
@@ -250,6 +298,7 @@ impl Store for S3Store {
             match self.get(key, etag, &range).await {
                 Ok(data) => return Ok(data),
                 Err(Attempt::Retry(e)) if attempt < BODY_ATTEMPTS => {
+                    self.attempts.body_retries.fetch_add(1, Ordering::Relaxed);
                     debug!(key, attempt, error = %e, "retrying a cut-off response");
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
@@ -261,6 +310,15 @@ impl Store for S3Store {
 
     fn describe(&self) -> String {
         format!("s3://{}", self.bucket)
+    }
+
+    fn retries(&self) -> u64 {
+        let a = &self.attempts;
+        let sdk = a
+            .attempts
+            .load(Ordering::Relaxed)
+            .saturating_sub(a.operations.load(Ordering::Relaxed));
+        sdk + a.body_retries.load(Ordering::Relaxed)
     }
 }
 

@@ -310,6 +310,17 @@ fn retried_faults_return_the_right_bytes_and_exhausted_retries_give_eio() {
         .injected
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(injected > 10, "only {injected} faults were injected");
+    let out = Command::new(env!("CARGO_BIN_EXE_autosquash"))
+        .args(["status", "--json", "--control-socket"])
+        .arg(daemon.control_socket())
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let retries = doc["mounts"][0]["store"]["retries"].as_u64().unwrap();
+    assert!(
+        retries >= injected / 2,
+        "status reports {retries} retries for {injected} faults"
+    );
     // The store is down: an image not yet read fails with EIO in bounded time, while what
     // was read keeps being served.
     let cached = std::fs::read(mnt.join("img/files/random-3m")).unwrap();

@@ -21,6 +21,13 @@ pub struct CountingStore {
 }
 
 impl CountingStore {
+    /// The wrapped store (for figures only it knows, such as retries).
+    pub fn inner(&self) -> &Arc<dyn Store> {
+        &self.inner
+    }
+}
+
+impl CountingStore {
     pub fn new(inner: Arc<dyn Store>) -> Self {
         Self {
             inner,
@@ -65,5 +72,9 @@ impl Store for CountingStore {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+
+    fn retries(&self) -> u64 {
+        self.inner.retries()
     }
 }

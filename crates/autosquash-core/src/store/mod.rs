@@ -37,6 +37,10 @@ pub trait Store: Send + Sync + 'static {
     async fn read(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes>;
     /// A short name for logs ("dir:/srv/images", "s3://bucket/prefix/").
     fn describe(&self) -> String;
+    /// Requests retried so far after a transient failure (for `status`).
+    fn retries(&self) -> u64 {
+        0
+    }
 }
 
 /// A shared store is a store, so wrappers can hold `Arc<dyn Store>` or `Arc<MemStore>`.
@@ -53,6 +57,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn retries(&self) -> u64 {
+        (**self).retries()
     }
 }
 

@@ -154,6 +154,8 @@ pub struct Served {
     pub spec: MountSpec,
     pub tree: Arc<dyn Tree>,
     pub counters: Arc<StoreCounters>,
+    /// The store itself, for what only it counts (retries).
+    pub store: Arc<dyn Store>,
     mount: Mount,
 }
 
@@ -290,6 +292,7 @@ async fn start_mount(
             spec,
             tree,
             counters,
+            store: source.store,
             mount,
         },
         task,

@@ -48,6 +48,7 @@ fn document(served: &[Served], cache: &BlockCache) -> Value {
                 "requests": c.requests.load(Ordering::Relaxed),
                 "bytes": c.bytes.load(Ordering::Relaxed),
                 "errors": c.errors.load(Ordering::Relaxed),
+                "retries": s.store.retries(),
                 "replaced": c.replaced.load(Ordering::Relaxed),
             });
             tree
@@ -121,12 +122,13 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     for m in doc["mounts"].as_array().into_iter().flatten() {
         let s = &m["store"];
         println!(
-            "\n{} <- {} ({}): store requests {}, bytes {}, errors {}, replaced {}",
+            "\n{} <- {} ({}): store requests {}, bytes {}, retries {}, errors {}, replaced {}",
             m["mountpoint"].as_str().unwrap_or("?"),
             m["source"].as_str().unwrap_or("?"),
             m["kind"].as_str().unwrap_or("?"),
             s["requests"],
             s["bytes"],
+            s["retries"],
             s["errors"],
             s["replaced"]
         );
