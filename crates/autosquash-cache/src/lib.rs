@@ -19,12 +19,15 @@ use disk::Disk;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
+use tokio::sync::watch;
 
-/// Chunk size: large enough for few files and requests, small enough to waste little.
-pub const CHUNK: u64 = 1 << 20;
+/// Chunk size: two 128 KiB blocks. Larger chunks waste bytes on random reads (a small file's
+/// fragment pulls its whole chunk); adjacent missing chunks are fetched in one request anyway.
+pub const CHUNK: u64 = 256 << 10;
 
-type Flight = Arc<tokio::sync::OnceCell<Result<Bytes>>>;
+/// A chunk being fetched: readers wait for the value the fetching reader sends.
+type Flight = watch::Receiver<Option<Result<Bytes>>>;
 
 pub struct CachedStore<S: Store> {
     inner: S,
@@ -66,7 +69,8 @@ impl<S: Store> CachedStore<S> {
         sizes.get(&(key.to_owned(), etag.to_owned())).copied()
     }
 
-    /// Chunks `first..=last` of an object of `size` bytes, from disk or fetched together.
+    /// Chunks `first..=last` of an object of `size` bytes: from disk, from a fetch another
+    /// reader has in flight, or fetched here, runs of adjacent chunks in one request each.
     async fn chunks(
         &self,
         key: &str,
@@ -78,50 +82,90 @@ impl<S: Store> CachedStore<S> {
         let mut out: Vec<Option<Bytes>> = (first..=last)
             .map(|i| self.disk.get(key, etag, i))
             .collect();
-        let missing: Vec<u64> = (first..=last)
-            .filter(|i| out[(i - first) as usize].is_none())
-            .collect();
-        match missing.as_slice() {
-            [] => {}
-            // One chunk: through the single-flight table.
-            [i] => out[(i - first) as usize] = Some(self.one_chunk(key, etag, size, *i).await?),
-            // Several: the span from the first to the last missing chunk in one request.
-            [a, .., b] => {
-                let (start, end) = (a * CHUNK, ((b + 1) * CHUNK).min(size));
-                let data = self.inner.read(key, etag, start..end).await?;
-                for i in *a..=*b {
-                    let from = ((i - a) * CHUNK) as usize;
-                    let chunk = data.slice(from..(from + CHUNK as usize).min(data.len()));
-                    if out[(i - first) as usize].is_none() {
-                        self.disk.put(key, etag, i, &chunk);
-                        out[(i - first) as usize] = Some(chunk);
+        // Claim the missing chunks nobody is fetching; wait for the others.
+        let mut mine: Vec<(u64, watch::Sender<Option<Result<Bytes>>>)> = Vec::new();
+        let mut theirs: Vec<(u64, watch::Receiver<Option<Result<Bytes>>>)> = Vec::new();
+        {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            for i in (first..=last).filter(|i| out[(i - first) as usize].is_none()) {
+                let path = self.disk.path(key, etag, i);
+                match flights.get(&path) {
+                    Some(rx) => theirs.push((i, rx.clone())),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        flights.insert(path, rx);
+                        mine.push((i, tx));
                     }
                 }
             }
         }
-        Ok(out.into_iter().map(|c| c.unwrap_or_default()).collect())
+        let fetched = self.fetch_claimed(key, etag, size, &mine).await;
+        {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            for (i, _) in &mine {
+                flights.remove(&self.disk.path(key, etag, *i));
+            }
+        }
+        for ((i, tx), result) in mine.iter().zip(fetched) {
+            let _ = tx.send(Some(result.clone()));
+            out[(i - first) as usize] = Some(result?);
+        }
+        for (i, mut rx) in theirs {
+            let waited = rx.wait_for(Option::is_some).await.map(|v| v.clone());
+            let result = match waited {
+                Ok(value) => value.unwrap_or_else(|| Err(Error::store(key, "fetch vanished"))),
+                // The fetching reader was cancelled: fetch it here.
+                Err(_) => {
+                    let path = self.disk.path(key, etag, i);
+                    self.flights
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&path);
+                    let range = i * CHUNK..((i + 1) * CHUNK).min(size);
+                    let data = self.inner.read(key, etag, range).await;
+                    if let Ok(data) = &data {
+                        self.disk.put(key, etag, i, data);
+                    }
+                    data
+                }
+            };
+            out[(i - first) as usize] = Some(result?);
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
-    async fn one_chunk(&self, key: &str, etag: &str, size: u64, index: u64) -> Result<Bytes> {
-        let path = self.disk.path(key, etag, index);
-        let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-            flights.entry(path.clone()).or_default().clone()
-        };
-        let result = flight
-            .get_or_init(|| async {
-                let range = index * CHUNK..((index + 1) * CHUNK).min(size);
-                let data = self.inner.read(key, etag, range).await?;
-                self.disk.put(key, etag, index, &data);
-                Ok(data)
-            })
-            .await
-            .clone();
-        self.flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&path);
-        result
+    /// Fetches the claimed chunks, one request per run of adjacent ones, and stores them.
+    async fn fetch_claimed<T>(
+        &self,
+        key: &str,
+        etag: &str,
+        size: u64,
+        claimed: &[(u64, T)],
+    ) -> Vec<Result<Bytes>> {
+        let mut results = Vec::with_capacity(claimed.len());
+        let mut start = 0;
+        while start < claimed.len() {
+            let mut end = start + 1;
+            while end < claimed.len() && claimed[end].0 == claimed[end - 1].0 + 1 {
+                end += 1;
+            }
+            let (a, b) = (claimed[start].0, claimed[end - 1].0);
+            let range = a * CHUNK..((b + 1) * CHUNK).min(size);
+            match self.inner.read(key, etag, range).await {
+                Ok(data) => {
+                    for i in a..=b {
+                        let from = ((i - a) * CHUNK) as usize;
+                        let chunk = data
+                            .slice(from.min(data.len())..(from + CHUNK as usize).min(data.len()));
+                        self.disk.put(key, etag, i, &chunk);
+                        results.push(Ok(chunk));
+                    }
+                }
+                Err(e) => results.extend((a..=b).map(|_| Err(e.clone()))),
+            }
+            start = end;
+        }
+        results
     }
 }
 

@@ -189,3 +189,35 @@ async fn a_full_disk_turns_the_cache_off_and_reads_go_on() {
         "the disk cache is still on with a full disk"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapping_spans_fetch_each_chunk_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = object((16 * CHUNK) as usize);
+    let (cached, mem, etag) = setup(dir.path(), 1 << 30, data.len()).await;
+    mem.set_delay(Duration::from_millis(100));
+    // A foreground reader and a readahead covering overlapping runs of chunks, at once.
+    let ranges = [
+        0..8 * CHUNK,
+        4 * CHUNK..12 * CHUNK,
+        2 * CHUNK + 5..14 * CHUNK,
+        0..16 * CHUNK,
+    ];
+    let readers: Vec<_> = ranges
+        .iter()
+        .cloned()
+        .map(|r| {
+            let (cached, etag) = (cached.clone(), etag.clone());
+            tokio::spawn(async move { (r.clone(), cached.read("obj", &etag, r).await.unwrap()) })
+        })
+        .collect();
+    for reader in readers {
+        let (r, got) = reader.await.unwrap();
+        assert!(got[..] == data[r.start as usize..r.end as usize]);
+    }
+    assert_eq!(
+        mem.stats().bytes,
+        16 * CHUNK,
+        "chunks were fetched more than once"
+    );
+}

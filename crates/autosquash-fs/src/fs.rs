@@ -46,7 +46,7 @@ impl Default for FsConfig {
             idle_timeout: Duration::from_secs(300),
             uid: None,
             gid: None,
-            memory_limit: 256 << 20,
+            memory_limit: 128 << 20,
             negative_ttl: Duration::from_secs(60),
         }
     }

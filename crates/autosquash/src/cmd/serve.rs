@@ -44,7 +44,7 @@ pub struct ServeArgs {
     /// asked again [default: 60s].
     #[arg(long, value_parser = parse_duration)]
     pub negative_ttl: Option<Duration>,
-    /// Memory for decompressed data and metadata of all mounts (e.g. 256M, 1G) [default: 256M].
+    /// Memory for decompressed data and metadata of all mounts (e.g. 128M, 1G) [default: 128M]..
     #[arg(long, value_parser = parse_size)]
     pub memory_limit: Option<u64>,
     /// Let users other than the daemon's see the mounts (needs user_allow_other in
@@ -132,7 +132,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         memory_limit: args
             .memory_limit
             .or(file.memory_limit()?)
-            .unwrap_or(256 << 20),
+            .unwrap_or(128 << 20),
         s3: file.s3_with(&args.s3),
         wait_for_store: args.wait_for_store || file.daemon.wait_for_store.unwrap_or(false),
         cache_dir: args
