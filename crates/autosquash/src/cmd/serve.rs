@@ -44,7 +44,7 @@ pub struct ServeArgs {
     /// asked again [default: 60s].
     #[arg(long, value_parser = parse_duration)]
     pub negative_ttl: Option<Duration>,
-    /// Memory for decompressed data and metadata of all mounts (e.g. 128M, 1G) [default: 128M]..
+    /// Memory for decompressed data and metadata of all mounts (e.g. 128M, 1G) [default: 128M].
     #[arg(long, value_parser = parse_size)]
     pub memory_limit: Option<u64>,
     /// Let users other than the daemon's see the mounts (needs user_allow_other in
