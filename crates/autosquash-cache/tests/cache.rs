@@ -221,3 +221,40 @@ async fn overlapping_spans_fetch_each_chunk_once() {
         "chunks were fetched more than once"
     );
 }
+
+/// Regression: two writers of one chunk shared a temporary file name, and the loser's failed
+/// rename turned the whole disk cache off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_writers_of_one_chunk_keep_the_cache_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = object((4 * CHUNK) as usize);
+    for round in 0..20 {
+        // Separate caches over one directory race for the same chunk files.
+        let caches: Vec<_> = (0..4)
+            .map(|_| {
+                let mem = Arc::new(MemStore::new());
+                mem.put("obj", data.clone());
+                Arc::new(CachedStore::new(
+                    mem,
+                    dir.path().join(format!("r{round}")),
+                    1 << 30,
+                ))
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for cache in &caches {
+            let cache = cache.clone();
+            tasks.push(tokio::spawn(async move {
+                let etag = cache.head("obj").await.unwrap().etag;
+                cache.read("obj", &etag, 0..4 * CHUNK).await.unwrap();
+                cache.disk_usage().1
+            }));
+        }
+        for task in tasks {
+            assert!(
+                task.await.unwrap(),
+                "a racing write turned the disk cache off"
+            );
+        }
+    }
+}
