@@ -1,11 +1,10 @@
 # updatedb_prune add|remove: adds autosquash's entries to, or removes them from, PRUNEFS and
 # PRUNEPATHS in /etc/updatedb.conf, so that the daily updatedb (plocate, mlocate) does not
 # crawl every image of the bucket (each lookup mounts an image; a crawl reads them all).
-#  - PRUNEFS gets fuse.autosquash, the type the daemon asks for. The kernel shows that type
-#    only when the mount is made through fusermount3; mount(2) as root records plain "fuse"
-#    (the subtype is dropped), so the type alone does not catch the packaged daemon.
-#  - PRUNEPATHS therefore gets the package's mountpoint, /mnt/autosquash, too. Other
-#    mountpoints of the config are the admin's (the Ansible role adds them).
+#  - PRUNEFS gets fuse.autosquash, the type of the daemon's mounts (it passes
+#    subtype=autosquash to the kernel): this covers every mountpoint of the config.
+#  - PRUNEPATHS also gets the package's mountpoint, /mnt/autosquash, as a second guard
+#    (daemons older than the subtype option showed plain "fuse").
 # plocate reads only this file (no drop-in directory; its --add-prunepaths flag is for
 # callers of updatedb), hence the edit. Each word is added once, and only that word is
 # removed on purge; other lines and words are kept as they are. The file belongs to

@@ -491,7 +491,9 @@ pub fn mount(
         MountOption::NoDev,
         MountOption::DefaultPermissions,
         MountOption::FSName(format!("autosquash:{}", fs.describe())),
-        MountOption::Subtype("autosquash".to_owned()),
+        // As a kernel option, so the type reads fuse.autosquash (updatedb PRUNEFS, findmnt -t):
+        // fuser passes its Subtype option to fusermount only.
+        MountOption::CUSTOM("subtype=autosquash".to_owned()),
     ];
     config.acl = if options.allow_other {
         SessionACL::All
