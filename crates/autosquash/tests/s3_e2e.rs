@@ -310,12 +310,7 @@ fn retried_faults_return_the_right_bytes_and_exhausted_retries_give_eio() {
         .injected
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(injected > 10, "only {injected} faults were injected");
-    let out = Command::new(env!("CARGO_BIN_EXE_autosquash"))
-        .args(["status", "--json", "--control-socket"])
-        .arg(daemon.control_socket())
-        .output()
-        .unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = daemon.status();
     let retries = doc["mounts"][0]["store"]["retries"].as_u64().unwrap();
     assert!(
         retries >= injected / 2,
@@ -362,12 +357,7 @@ fn after_a_restart_data_comes_from_the_disk_cache() {
     assert!(daemon.stop().success());
     let daemon = Daemon::start_with_env(url(&garage), &mnt, &flags, &garage.env());
     assert_eq!(std::fs::read(mnt.join("img/data.bin")).unwrap(), data);
-    let out = Command::new(env!("CARGO_BIN_EXE_autosquash"))
-        .args(["status", "--json", "--control-socket"])
-        .arg(daemon.control_socket())
-        .output()
-        .unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = daemon.status();
     let store = &doc["mounts"][0]["store"];
     assert_eq!(
         store["bytes"], 0,

@@ -121,6 +121,21 @@ impl Daemon {
         self.mountpoint.with_extension("sock")
     }
 
+    /// The daemon's `autosquash status --json` document.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_autosquash"))
+            .args(["status", "--json", "--control-socket"])
+            .arg(self.control_socket())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
