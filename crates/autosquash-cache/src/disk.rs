@@ -118,6 +118,11 @@ impl Disk {
             .join(index.to_string())
     }
 
+    /// Whether the chunk file is indexed (present unless removed behind our back).
+    pub fn contains(&self, path: &Path) -> bool {
+        self.enabled.load(Ordering::Relaxed) && self.lock().entries.contains_key(path)
+    }
+
     fn header(key: &str, etag: &str, index: u64) -> Vec<u8> {
         let mut h = MAGIC.to_vec();
         let body = format!("{key}\0{etag}\0{index}");

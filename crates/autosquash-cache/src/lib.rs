@@ -37,7 +37,13 @@ pub struct CachedStore<S: Store> {
     sizes: Mutex<HashMap<(String, String), u64>>,
     /// Chunk fetches in progress, shared by concurrent readers.
     flights: Mutex<HashMap<PathBuf, Flight>>,
+    /// Per object version: the chunk after the last miss, and the current fetch-ahead window.
+    patterns: Mutex<HashMap<(String, String), (u64, u64)>>,
 }
+
+/// Fetch-ahead window of a sequential reader, in chunks (1 MiB to 16 MiB).
+const AHEAD_MIN: u64 = (1 << 20) / CHUNK;
+const AHEAD_MAX: u64 = (16 << 20) / CHUNK;
 
 impl<S: Store> CachedStore<S> {
     /// A cache in `dir` (created if needed) of at most `cap_bytes`.
@@ -48,6 +54,7 @@ impl<S: Store> CachedStore<S> {
             disk,
             sizes: Mutex::default(),
             flights: Mutex::default(),
+            patterns: Mutex::default(),
         }
     }
 
@@ -98,6 +105,19 @@ impl<S: Store> CachedStore<S> {
                     }
                 }
             }
+            // A reader going forward through the object: extend the request with the chunks
+            // after it (same round trip), stopping at the first one cached or in flight.
+            if mine.last().is_some_and(|(i, _)| *i == last) {
+                for i in self.ahead(key, etag, size, mine[0].0, last) {
+                    let path = self.disk.path(key, etag, i);
+                    if self.disk.contains(&path) || flights.contains_key(&path) {
+                        break;
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(path, rx);
+                    mine.push((i, tx));
+                }
+            }
         }
         let fetched = self.fetch_claimed(key, etag, size, &mine).await;
         {
@@ -108,7 +128,10 @@ impl<S: Store> CachedStore<S> {
         }
         for ((i, tx), result) in mine.iter().zip(fetched) {
             let _ = tx.send(Some(result.clone()));
-            out[(i - first) as usize] = Some(result?);
+            // Chunks fetched ahead are only stored; their errors concern nobody yet.
+            if *i <= last {
+                out[(i - first) as usize] = Some(result?);
+            }
         }
         for (i, mut rx) in theirs {
             let waited = rx.wait_for(Option::is_some).await.map(|v| v.clone());
@@ -132,6 +155,34 @@ impl<S: Store> CachedStore<S> {
             out[(i - first) as usize] = Some(result?);
         }
         Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Chunks to fetch ahead of a miss at `from..=last`: none for a random reader; for one that
+    /// continues where its last miss ended, a window that doubles from 1 MiB to 16 MiB.
+    fn ahead(
+        &self,
+        key: &str,
+        etag: &str,
+        size: u64,
+        from: u64,
+        last: u64,
+    ) -> std::ops::Range<u64> {
+        let mut patterns = self.patterns.lock().unwrap_or_else(PoisonError::into_inner);
+        if patterns.len() > 10_000 {
+            patterns.clear();
+        }
+        let entry = patterns
+            .entry((key.to_owned(), etag.to_owned()))
+            .or_insert((u64::MAX, 0));
+        let sequential = entry.0 != u64::MAX && from + 2 >= entry.0 && from <= entry.0 + 2;
+        let window = if sequential {
+            (entry.1 * 2).clamp(AHEAD_MIN, AHEAD_MAX)
+        } else {
+            0
+        };
+        let end = (last + 1 + window).min(size.div_ceil(CHUNK));
+        *entry = (end, window);
+        last + 1..end
     }
 
     /// Fetches the claimed chunks, one request per run of adjacent ones, and stores them.

@@ -89,9 +89,10 @@ async fn a_damaged_chunk_is_dropped_and_fetched_again() {
 async fn the_cache_stays_under_its_cap() {
     let dir = tempfile::tempdir().unwrap();
     let cap = 3 * CHUNK + CHUNK / 2;
-    let data = object(10 << 20);
+    let data = object((30 * CHUNK) as usize);
     let (cached, mem, etag) = setup(dir.path(), cap, data.len()).await;
-    for i in 0..10 {
+    // Every third chunk: a random reader, so nothing is fetched ahead.
+    for i in (0..10).map(|i| i * 3) {
         let got = cached
             .read("obj", &etag, i * CHUNK..i * CHUNK + 10)
             .await
@@ -109,7 +110,7 @@ async fn the_cache_stays_under_its_cap() {
     // The most recent chunk is still there; the oldest was evicted.
     let before = mem.stats().reads;
     cached
-        .read("obj", &etag, 9 * CHUNK..9 * CHUNK + 10)
+        .read("obj", &etag, 27 * CHUNK..27 * CHUNK + 10)
         .await
         .unwrap();
     assert_eq!(mem.stats().reads, before);
@@ -257,4 +258,28 @@ async fn racing_writers_of_one_chunk_keep_the_cache_on() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_sequential_reader_gets_chunks_fetched_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = object((64 * CHUNK) as usize);
+    let (cached, mem, etag) = setup(dir.path(), 1 << 30, data.len()).await;
+    // Small reads walking forward through the object, as `cat` of files in image order does.
+    let mut offset = 0;
+    while offset < data.len() as u64 {
+        let got = cached
+            .read("obj", &etag, offset..offset + 1000)
+            .await
+            .unwrap();
+        assert_eq!(got[..], data[offset as usize..offset as usize + 1000]);
+        offset += CHUNK / 2;
+    }
+    let reads = mem.stats().reads;
+    assert!(reads <= 8, "{reads} requests for 64 chunks read in order");
+    assert_eq!(
+        mem.stats().bytes,
+        data.len() as u64,
+        "chunks fetched twice or beyond the end"
+    );
 }
