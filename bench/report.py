@@ -140,7 +140,7 @@ w(f"- Images, all `mksquashfs -comp zstd` (128 KiB blocks): *small* = {n_small} 
   f"`{meta['tree']}`, a real software tree ({meta['tree_files']} files, {mib(meta['tree_bytes'])} "
   f"MiB), {mib(imgs['tree'])} MiB. The tree is `{meta['tree']}` rather than all of /usr/lib "
   "(4.3 GiB here) to keep the run within its time budget.")
-w("- Stacks: **autosquash** `serve` at default settings (256 MiB memory, disk cache on, "
+w("- Stacks: **autosquash** `serve` at default settings (128 MiB memory budget, disk cache on, "
   "readahead) with a fresh `--cache-dir` for every cold run; **s3fs + loop**: Debian's s3fs "
   "mounting the bucket (`url=…,use_path_request_style`, default settings, no `use_cache`, so no "
   "disk cache kept across mounts; s3fs still stages what it downloads in a temporary file "
