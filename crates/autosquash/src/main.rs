@@ -75,6 +75,9 @@ fn main() -> ExitCode {
             Command::Status(args) => cmd::status::status(args).await,
         }
     });
+    // Work left when the command is done (readahead still fetching, blocking file reads) is
+    // abandoned after a short grace instead of holding up the exit (systemd's stop timeout).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
