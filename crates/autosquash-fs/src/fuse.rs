@@ -219,7 +219,7 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::from_i32(libc::EROFS));
+            return reply.error(Errno::EROFS);
         }
         match self.fs.getattr(ino.0) {
             Ok(attr) if attr.kind == FileKind::Directory => {
@@ -273,7 +273,7 @@ impl Filesystem for FuseFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         if mask.contains(AccessFlags::W_OK) {
-            return reply.error(Errno::from_i32(libc::EROFS));
+            return reply.error(Errno::EROFS);
         }
         // Read and execute permissions are checked by the kernel (default_permissions).
         match self.fs.getattr(ino.0) {
@@ -302,7 +302,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn mknod(
@@ -315,7 +315,7 @@ impl Filesystem for FuseFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn mkdir(
@@ -327,15 +327,15 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn symlink(
@@ -346,7 +346,7 @@ impl Filesystem for FuseFs {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn rename(
@@ -359,7 +359,7 @@ impl Filesystem for FuseFs {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn link(
@@ -370,7 +370,7 @@ impl Filesystem for FuseFs {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn write(
@@ -385,7 +385,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn create(
@@ -398,7 +398,7 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn setxattr(
@@ -411,11 +411,11 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::EROFS));
+        reply.error(Errno::EROFS);
     }
 }
 
