@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tracing::debug;
 
+mod health;
 mod upload;
+use health::Health;
 pub use upload::*;
 
 /// Where and how to reach a bucket. Field names follow the aws CLI's flags.
@@ -78,6 +80,10 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     attempts: Arc<Attempts>,
+    /// Bound of one read, every retry included (the SDK's own bound covers one call).
+    read_deadline: Duration,
+    /// Whether the store is answering: reads fail fast during an outage.
+    health: Health,
 }
 
 /// Counts the SDK's request attempts and operations: their difference is the retries.
@@ -201,6 +207,8 @@ impl S3Store {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
             attempts,
+            read_deadline: config.operation_timeout,
+            health: Health::default(),
         }
     }
 
@@ -212,6 +220,7 @@ impl S3Store {
         err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     ) -> Error {
         if let SdkError::ServiceError(service) = &err {
+            self.health.answered();
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or("");
             let message = service.err().message().unwrap_or("");
@@ -231,8 +240,12 @@ impl S3Store {
             }
         }
         let what = match &err {
-            SdkError::TimeoutError(_) => "timed out".to_owned(),
+            SdkError::TimeoutError(_) => {
+                self.health.unreachable();
+                "timed out".to_owned()
+            }
             SdkError::DispatchFailure(_) => {
+                self.health.unreachable();
                 format!("cannot reach the store: {}", DisplayErrorContext(&err))
             }
             _ => DisplayErrorContext(&err).to_string(),
@@ -292,11 +305,29 @@ impl Store for S3Store {
             return Ok(Bytes::new());
         }
         // The SDK retries failed requests; a body cut short after the headers arrived is
-        // retried here, a few times with jittered backoff.
+        // retried here, a few times with jittered backoff, all within the configured bound.
+        if !self.health.admit() {
+            return Err(Error::store(
+                &format!("s3://{}/{key}", self.bucket),
+                "the store is not answering",
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + self.read_deadline;
         let mut attempt = 1;
         loop {
-            match self.get(key, etag, &range).await {
-                Ok(data) => return Ok(data),
+            let Ok(result) = tokio::time::timeout_at(deadline, self.get(key, etag, &range)).await
+            else {
+                self.health.unreachable();
+                return Err(Error::store(
+                    &format!("s3://{}/{key}", self.bucket),
+                    format!("timed out after {:?}", self.read_deadline),
+                ));
+            };
+            match result {
+                Ok(data) => {
+                    self.health.answered();
+                    return Ok(data);
+                }
                 Err(Attempt::Retry(e)) if attempt < BODY_ATTEMPTS => {
                     self.attempts.body_retries.fetch_add(1, Ordering::Relaxed);
                     debug!(key, attempt, error = %e, "retrying a cut-off response");

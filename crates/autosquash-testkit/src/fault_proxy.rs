@@ -22,6 +22,9 @@ pub enum Fault {
     Reset,
     /// The response is cut in the middle of its body, then the connection closed.
     Truncate,
+    /// The request is read and never answered (a store that stopped responding); the
+    /// connection stays open until the client gives up.
+    Blackhole,
 }
 
 /// What the proxy does to requests; change it at any time.
@@ -34,6 +37,8 @@ pub struct Faults {
     pub kinds: Mutex<Vec<Fault>>,
     /// Every request fails with `kinds[0]` (a store that is down).
     pub fail_all: AtomicBool,
+    /// Each request independently fails with one of these, with the given probability.
+    pub random: Mutex<Vec<(Fault, f64)>>,
     pub requests: AtomicU64,
     pub injected: AtomicU64,
 }
@@ -41,6 +46,17 @@ pub struct Faults {
 impl Faults {
     fn pick(&self) -> Option<Fault> {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let random = self.random.lock().unwrap().clone();
+        if !random.is_empty() && !self.fail_all.load(Ordering::Relaxed) {
+            let mut roll = unit_random(n);
+            for (fault, p) in random {
+                if roll < p {
+                    return Some(fault);
+                }
+                roll -= p;
+            }
+            return None;
+        }
         let kinds = self.kinds.lock().unwrap().clone();
         let first = *kinds.first()?;
         if self.fail_all.load(Ordering::Relaxed) {
@@ -98,6 +114,12 @@ impl FaultProxy {
             .store(latency.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Fails each request with probability `p` per fault kind, e.g. 10% SlowDown and 2% resets
+    /// (an empty list: no faults).
+    pub fn fail_randomly(&self, faults: &[(Fault, f64)]) {
+        *self.faults.random.lock().unwrap() = faults.to_vec();
+    }
+
     /// While set, every request fails with `fault`.
     pub fn fail_all(&self, fault: Option<Fault>) {
         if let Some(fault) = fault {
@@ -107,6 +129,15 @@ impl FaultProxy {
             .fail_all
             .store(fault.is_some(), Ordering::Relaxed);
     }
+}
+
+/// A uniform number in [0, 1) derived from `n` (splitmix64): a fixed schedule per run.
+fn unit_random(n: u64) -> f64 {
+    let mut z = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -181,6 +212,12 @@ async fn serve(
             Some(Fault::Reset) => {
                 #[allow(deprecated)]
                 let _ = client.set_linger(Some(Duration::ZERO));
+                return Ok(());
+            }
+            Some(Fault::Blackhole) => {
+                // Hold the connection until the client closes it.
+                let mut sink = [0u8; 4096];
+                while client.read(&mut sink).await? > 0 {}
                 return Ok(());
             }
             Some(Fault::Truncate) => {

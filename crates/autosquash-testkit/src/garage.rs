@@ -62,21 +62,23 @@ pub fn binary() -> Option<PathBuf> {
     }
 }
 
-impl Garage {
-    /// Starts a server with bucket `bucket`; `None` when opted out (see [`binary`]). Panics
-    /// with Garage's log if it does not come up.
-    pub fn start(bucket: &str) -> Option<Garage> {
-        let bin = binary()?;
-        let dir = tempfile::tempdir().unwrap();
-        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
-        let config = dir.path().join("garage.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"metadata_dir = "{meta}"
+/// Writes `garage.toml` for a node whose metadata, data and log live in `dir`; returns its path.
+/// Every node written by this function shares the same `rpc_secret`, so they can form a cluster.
+pub(crate) fn write_config(
+    dir: &Path,
+    replication_factor: usize,
+    rpc: u16,
+    s3: u16,
+    admin: u16,
+) -> PathBuf {
+    let config = dir.join("garage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"metadata_dir = "{meta}"
 data_dir = "{data}"
 db_engine = "sqlite"
-replication_factor = 1
+replication_factor = {replication_factor}
 rpc_bind_addr = "127.0.0.1:{rpc}"
 rpc_public_addr = "127.0.0.1:{rpc}"
 rpc_secret = "{secret}"
@@ -89,22 +91,64 @@ root_domain = ".s3.garage.localhost"
 [admin]
 api_bind_addr = "127.0.0.1:{admin}"
 "#,
-                meta = dir.path().join("meta").display(),
-                data = dir.path().join("data").display(),
-                secret = SECRET,
-            ),
-        )
+            meta = dir.join("meta").display(),
+            data = dir.join("data").display(),
+            secret = SECRET,
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Starts `garage server` with `config`, appending its output to `dir/garage.log`.
+pub(crate) fn spawn_server(bin: &Path, config: &Path, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("garage.log"))
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("garage.log")).unwrap();
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "garage=warn")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start garage");
+    Command::new(bin)
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .env("RUST_LOG", "garage=warn")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start garage")
+}
+
+/// Environment for S3 clients of a server started here (the AWS SDK's standard variables).
+pub(crate) fn client_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", KEY_ID.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET.to_owned()),
+        ("AWS_REGION", REGION.to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
+/// Runs curl with SigV4 signing as [`KEY_ID`] (unsigned payload); `args` carry the URL(s).
+pub(crate) fn curl_sigv4(args: &[&str]) -> std::process::Output {
+    let signing = format!("aws:amz:{REGION}:s3");
+    let user = format!("{KEY_ID}:{SECRET}");
+    Command::new("curl")
+        .args(["-sS", "-f", "--aws-sigv4", &signing, "--user", &user])
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+        .args(args)
+        .output()
+        .expect("curl")
+}
+
+impl Garage {
+    /// Starts a server with bucket `bucket`; `None` when opted out (see [`binary`]). Panics
+    /// with Garage's log if it does not come up.
+    pub fn start(bucket: &str) -> Option<Garage> {
+        let bin = binary()?;
+        let dir = tempfile::tempdir().unwrap();
+        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let config = write_config(dir.path(), 1, rpc, s3, admin);
+        let child = spawn_server(&bin, &config, dir.path());
         let mut garage = Garage {
             child,
             dir,
@@ -176,12 +220,7 @@ api_bind_addr = "127.0.0.1:{admin}"
 
     /// Environment for clients of this server (the AWS SDK's standard variables).
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID", KEY_ID.to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET.to_owned()),
-            ("AWS_REGION", REGION.to_owned()),
-            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-        ]
+        client_env()
     }
 
     /// Uploads an object (with curl's SigV4 signing, so tests need no S3 client of their own).
@@ -223,14 +262,7 @@ api_bind_addr = "127.0.0.1:{admin}"
     }
 
     fn curl_raw(&self, args: &[&str]) {
-        let signing = format!("aws:amz:{REGION}:s3");
-        let user = format!("{KEY_ID}:{SECRET}");
-        let out = Command::new("curl")
-            .args(["-sS", "-f", "--aws-sigv4", &signing, "--user", &user])
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .args(args)
-            .output()
-            .expect("curl");
+        let out = curl_sigv4(args);
         assert!(
             out.status.success(),
             "curl {args:?}: {}",

@@ -5,4 +5,5 @@
 pub mod corpus;
 pub mod fault_proxy;
 pub mod garage;
+pub mod garage_cluster;
 pub mod hostile;

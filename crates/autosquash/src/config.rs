@@ -43,6 +43,7 @@ pub struct S3Section {
     pub force_path_style: Option<bool>,
     pub no_sign_request: Option<bool>,
     pub profile: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -146,9 +147,17 @@ impl ConfigFile {
     }
 
     /// S3 settings of the file, overridden by the ones given as flags.
-    pub fn s3_with(&self, flags: &S3Args) -> S3Args {
+    pub fn s3_with(&self, flags: &S3Args) -> Result<S3Args> {
         let f = &self.s3;
-        S3Args {
+        let timeout = match (flags.timeout, &f.timeout) {
+            (Some(t), _) => Some(t),
+            (None, Some(t)) => Some(
+                crate::source::positive_duration(t)
+                    .map_err(|e| anyhow::anyhow!("s3.timeout: {e}"))?,
+            ),
+            (None, None) => None,
+        };
+        Ok(S3Args {
             region: flags.region.clone().or_else(|| f.region.clone()),
             endpoint_url: flags
                 .endpoint_url
@@ -157,7 +166,8 @@ impl ConfigFile {
             force_path_style: flags.force_path_style || f.force_path_style.unwrap_or(false),
             no_sign_request: flags.no_sign_request || f.no_sign_request.unwrap_or(false),
             profile: flags.profile.clone().or_else(|| f.profile.clone()),
-        }
+            timeout,
+        })
     }
 }
 
@@ -203,9 +213,12 @@ view = "objects"
             region: Some("us-east-2".into()),
             ..S3Args::default()
         };
-        assert_eq!(c.s3_with(&flags).region.as_deref(), Some("us-east-2"));
         assert_eq!(
-            c.s3_with(&S3Args::default()).region.as_deref(),
+            c.s3_with(&flags).unwrap().region.as_deref(),
+            Some("us-east-2")
+        );
+        assert_eq!(
+            c.s3_with(&S3Args::default()).unwrap().region.as_deref(),
             Some("eu-west-1")
         );
     }

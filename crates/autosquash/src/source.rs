@@ -7,6 +7,7 @@ use autosquash_s3::{S3Config, S3Store};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Memory budget of the one-shot commands.
 const CLI_CACHE_BYTES: u64 = 64 << 20;
@@ -29,6 +30,17 @@ pub struct S3Args {
     /// Shared credentials/config profile to use.
     #[arg(long)]
     pub profile: Option<String>,
+    /// Longest time one S3 request may take, retries included; a read that needs the store
+    /// fails with EIO after it (e.g. 30s, 2m) [default: 30s].
+    #[arg(long = "s3-timeout", value_parser = positive_duration)]
+    pub timeout: Option<Duration>,
+}
+
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    match crate::units::parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: the timeout must be above zero")),
+        d => Ok(d),
+    }
 }
 
 impl S3Args {
@@ -39,6 +51,11 @@ impl S3Args {
         c.force_path_style = self.force_path_style;
         c.no_sign_request = self.no_sign_request;
         c.profile = self.profile.clone();
+        if let Some(total) = self.timeout {
+            c.operation_timeout = total;
+            c.read_timeout = c.read_timeout.min(total);
+            c.connect_timeout = c.connect_timeout.min(total);
+        }
         c
     }
 }

@@ -364,3 +364,55 @@ fn after_a_restart_data_comes_from_the_disk_cache() {
         "data fetched again after a restart: {store}"
     );
 }
+
+/// Regression (found by the reliability suite): a store that accepts connections and never
+/// answers made one `read` wait three timeouts (the kernel retries a failed page read, and
+/// every retry waited again), and every failed read logged a warning.
+#[test]
+fn a_silent_store_fails_a_read_within_one_timeout_and_logs_it_once() {
+    let Some(garage) = Garage::start("silent") else {
+        return;
+    };
+    let dir = open_tempdir();
+    let v = corpus()
+        .variants
+        .iter()
+        .find(|v| v.name == "zstd-4k")
+        .unwrap();
+    garage.put(&format!("{PREFIX}img.squash"), &v.image);
+    let proxy = FaultProxy::start(&garage.endpoint);
+    let mnt = mountpoint(dir.path());
+    let mut flags = serve_flags(&proxy.endpoint);
+    flags.extend(["--cache-size", "0", "--s3-timeout", "2s"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_with_env(url(&garage), &mnt, &flags, &garage.env());
+    std::fs::read_dir(mnt.join("img")).unwrap().count();
+    proxy.fail_all(Some(Fault::Blackhole));
+    let started = Instant::now();
+    let err = std::fs::read(mnt.join("img/files/random-3m")).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        took < Duration::from_millis(3500),
+        "one read took {took:?} with a 2 s timeout"
+    );
+    // More failing reads: still one warning.
+    for e in std::fs::read_dir(v.extracted.join("files"))
+        .unwrap()
+        .take(3)
+    {
+        let _ = std::fs::read(mnt.join("img/files").join(e.unwrap().file_name()));
+    }
+    proxy.fail_all(None);
+    wait_for(
+        Duration::from_secs(10),
+        "reads after the store came back",
+        || {
+            std::fs::read(mnt.join("img/files/random-3m"))
+                .is_ok_and(|d| d == std::fs::read(v.extracted.join("files/random-3m")).unwrap())
+        },
+    );
+    let log = daemon.log_text();
+    assert_eq!(log.matches("request failed").count(), 1, "{log}");
+    assert!(log.contains("the store is answering again"), "{log}");
+}

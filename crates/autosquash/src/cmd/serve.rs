@@ -133,7 +133,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .memory_limit
             .or(file.memory_limit()?)
             .unwrap_or(128 << 20),
-        s3: file.s3_with(&args.s3),
+        s3: file.s3_with(&args.s3)?,
         wait_for_store: args.wait_for_store || file.daemon.wait_for_store.unwrap_or(false),
         cache_dir: args
             .cache_dir

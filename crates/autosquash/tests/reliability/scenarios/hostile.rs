@@ -1,0 +1,225 @@
+//! Over a thousand hostile images (crafted ones and seeded mutations of the corpus) in one
+//! source beside good ones: walkers list, stat, read and readlink everything in them while
+//! readers check the good images byte for byte. The daemon must never crash, the good images
+//! must keep serving, and memory must stay bounded.
+
+use crate::common::open_tempdir;
+use crate::load::{Load, Watch, errno_name};
+use crate::setup::{LOAD_IMAGES, secs, variant};
+use crate::{Outcome, Scale};
+use autosquash_testkit::hostile;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const MEMORY_LIMIT_MIB: f64 = 64.0;
+
+#[derive(Default)]
+struct Walked {
+    images: u64,
+    entries: u64,
+    bytes: u64,
+    errors: BTreeMap<String, u64>,
+    slowest: Duration,
+    slowest_image: String,
+}
+
+/// Walks one image: at most 2000 entries and 1 MiB per file, so a hostile file size cannot
+/// make the walk endless.
+fn walk(root: &Path, w: &mut Walked) {
+    let mut stack = vec![root.to_path_buf()];
+    let mut budget = 2000;
+    let note = |w: &mut Walked, e: &std::io::Error| {
+        *w.errors.entry(errno_name(e)).or_default() += 1;
+    };
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(d) => d,
+            Err(e) => {
+                note(w, &e);
+                continue;
+            }
+        };
+        for e in entries {
+            let e = match e {
+                Ok(e) => e,
+                Err(e) => {
+                    note(w, &e);
+                    break;
+                }
+            };
+            budget -= 1;
+            if budget == 0 {
+                return;
+            }
+            w.entries += 1;
+            let path = e.path();
+            let m = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    note(w, &e);
+                    continue;
+                }
+            };
+            let _ = xattr::list(&path).map(|l| l.count());
+            if m.is_dir() {
+                stack.push(path);
+            } else if m.file_type().is_symlink() {
+                if let Err(e) = std::fs::read_link(&path) {
+                    note(w, &e);
+                }
+            } else if m.is_file() {
+                let mut buf = Vec::new();
+                match std::fs::File::open(&path).and_then(|f| f.take(1 << 20).read_to_end(&mut buf))
+                {
+                    Ok(n) => w.bytes += n as u64,
+                    Err(e) => note(w, &e),
+                }
+            }
+        }
+    }
+}
+
+pub fn run(scale: Scale, out: &mut Outcome) {
+    let work = open_tempdir();
+    let source = work.path().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    for name in LOAD_IMAGES {
+        std::fs::hard_link(&variant(name).image, source.join(format!("{name}.squash"))).unwrap();
+    }
+    let mut names = Vec::new();
+    for h in hostile::crafted(work.path()) {
+        let name = format!("crafted-{}", h.name);
+        std::fs::write(source.join(format!("{name}.squash")), &h.bytes).unwrap();
+        names.push(name);
+    }
+    let wanted = scale.pick(1000, 300);
+    let bases = ["gzip-128k", "zstd", "xz", "lz4", "zstd-4k", "no-fragments"];
+    let per_base = (wanted - names.len()).div_ceil(bases.len());
+    for (b, base) in bases.iter().enumerate() {
+        let image = std::fs::read(&variant(base).image).unwrap();
+        for (i, m) in hostile::mutations(&image, 0x4057_11e + b as u64, per_base)
+            .into_iter()
+            .enumerate()
+        {
+            let name = format!("mutant-{base}-{i:03}");
+            std::fs::write(source.join(format!("{name}.squash")), m).unwrap();
+            names.push(name);
+        }
+    }
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut daemon = crate::common::Daemon::start(
+        &source,
+        &mnt,
+        &["--memory-limit", "64M", "--idle-timeout", "10s"],
+    );
+    let good = crate::setup::load_samples(&mnt);
+    let watch = Watch::start(daemon.child.id(), Duration::from_millis(500));
+    let load = Load::start(&good, 4, 5);
+    let t = Instant::now();
+    let queue = Arc::new(Mutex::new(names.clone()));
+    let walked = Arc::new(Mutex::new(Walked::default()));
+    let walkers: Vec<_> = (0..3)
+        .map(|_| {
+            let (queue, walked, mnt) = (queue.clone(), walked.clone(), mnt.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let Some(name) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let mut w = Walked::default();
+                    let started = Instant::now();
+                    walk(&mnt.join(&name), &mut w);
+                    let took = started.elapsed();
+                    let mut all = walked.lock().unwrap();
+                    all.images += 1;
+                    all.entries += w.entries;
+                    all.bytes += w.bytes;
+                    for (k, v) in w.errors {
+                        *all.errors.entry(k).or_default() += v;
+                    }
+                    if took > all.slowest {
+                        all.slowest = took;
+                        all.slowest_image = name;
+                    }
+                }
+            })
+        })
+        .collect();
+    let limit = Duration::from_secs(scale.pick(900, 300));
+    while walkers.iter().any(|w| !w.is_finished()) && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let finished = walkers.iter().all(|w| w.is_finished());
+    let walk_time = t.elapsed();
+    let counts = load.stop();
+    let samples = watch.stop();
+    let alive = daemon.child.try_wait().unwrap().is_none();
+    let w = walked.lock().unwrap();
+    let peak = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+    let last = samples.last().map_or(0.0, |s| s.1);
+    out.figure(
+        "hostile images",
+        format!(
+            "{} ({} crafted, the rest seeded mutations of 6 corpus images)",
+            names.len(),
+            names.len() - per_base * bases.len()
+        ),
+    );
+    out.figure(
+        "walked",
+        format!(
+            "{} images in {}, {} entries, {:.1} MiB read",
+            w.images,
+            secs(walk_time),
+            w.entries,
+            w.bytes as f64 / (1u64 << 20) as f64
+        ),
+    );
+    out.figure("errors the walkers got", format!("{:?}", w.errors));
+    out.figure(
+        "slowest image walk",
+        format!("{} ({})", secs(w.slowest), w.slowest_image),
+    );
+    out.figure("good images read meanwhile", counts.line());
+    out.figure(
+        "daemon RSS",
+        format!(
+            "peak {peak:.0} MiB, at the end {last:.0} MiB (memory limit {MEMORY_LIMIT_MIB:.0} MiB)"
+        ),
+    );
+    out.check(alive, "the daemon is still running");
+    out.check(
+        finished,
+        format!("every walk finished within {}", secs(limit)),
+    );
+    out.check(
+        counts.reads() > 100,
+        "good images were read during the walks",
+    );
+    out.check(
+        counts.failed() == 0 && counts.wrong() == 0,
+        format!(
+            "good images kept serving right bytes ({})",
+            counts.error_summary()
+        ),
+    );
+    let unexpected: Vec<_> = w
+        .errors
+        .keys()
+        .filter(|k| !["EIO", "ENOENT"].contains(&k.as_str()))
+        .collect();
+    out.check(
+        unexpected.is_empty(),
+        format!("hostile data gives EIO (or ENOENT), not {unexpected:?}"),
+    );
+    // The budget bounds cached data; on top of it come the runtime, the FUSE buffers and one
+    // open image's tables per mounted image (bounded by the 64 MiB budget too).
+    out.check(
+        peak < MEMORY_LIMIT_MIB * 2.0 + 96.0,
+        format!("RSS peak {peak:.0} MiB below 2 × the memory limit + 96 MiB"),
+    );
+}

@@ -1,0 +1,9 @@
+pub mod cluster;
+pub mod crash;
+pub mod disk_cache;
+pub mod faults;
+pub mod hostile;
+pub mod outage;
+pub mod replace;
+pub mod security;
+pub mod soak;
