@@ -19,6 +19,7 @@ use aws_sdk_s3::config::interceptors::{
 };
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::EncodingType;
 use aws_smithy_runtime_api::box_error::BoxError;
 use bytes::Bytes;
 use std::ops::Range;
@@ -64,6 +65,27 @@ impl S3Config {
             max_attempts: 5,
         }
     }
+}
+
+/// Decodes a key of a listing asked with `encoding-type=url`: `%XX` escapes, and `+` for a
+/// space (as S3 writes it; a literal `+` comes as `%2B`). `None` if it is not UTF-8.
+fn url_decode(encoded: &str) -> Option<String> {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = encoded.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Splits `s3://bucket/prefix/` into the bucket and the key prefix (`prefix/`, or empty).
@@ -263,16 +285,23 @@ impl Store for S3Store {
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
+            // Keys come URL-encoded: a key with a character XML 1.0 cannot carry (ESC, most
+            // control characters) would otherwise make the whole listing unreadable.
+            .encoding_type(EncodingType::Url)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.error(prefix, e))?;
             for object in page.contents() {
-                let (Some(key), Some(etag)) = (object.key(), object.e_tag()) else {
+                let (Some(encoded), Some(etag)) = (object.key(), object.e_tag()) else {
+                    continue;
+                };
+                let Some(key) = url_decode(encoded) else {
+                    debug!(key = encoded, "skipping a key that is not UTF-8");
                     continue;
                 };
                 out.push(ObjectMeta {
-                    key: key.to_owned(),
+                    key,
                     size: object.size().unwrap_or(0).max(0) as u64,
                     etag: etag.to_owned(),
                 });
@@ -367,5 +396,18 @@ mod tests {
         );
         assert_eq!(parse_url("s3:///x"), None);
         assert_eq!(parse_url("/tmp"), None);
+    }
+
+    #[test]
+    fn listed_keys_are_decoded() {
+        assert_eq!(
+            url_decode("a/b%1B%5B31m.squash").unwrap(),
+            "a/b\x1b[31m.squash"
+        );
+        assert_eq!(url_decode("x+y%2Bz%20").unwrap(), "x y+z ");
+        assert_eq!(url_decode("caf%C3%A9").unwrap(), "café");
+        assert_eq!(url_decode("bad%FF"), None);
+        assert_eq!(url_decode("cut%4"), None);
+        assert_eq!(url_decode("%zz"), None);
     }
 }

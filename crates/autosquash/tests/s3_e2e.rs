@@ -416,3 +416,31 @@ fn a_silent_store_fails_a_read_within_one_timeout_and_logs_it_once() {
     assert_eq!(log.matches("request failed").count(), 1, "{log}");
     assert!(log.contains("the store is answering again"), "{log}");
 }
+
+/// Regression (found by the reliability suite): one key with a character XML cannot carry
+/// (ESC) made every listing of the bucket fail, so the daemon could not start.
+#[test]
+fn a_key_with_control_characters_does_not_break_the_listing() {
+    let Some(garage) = Garage::start("controlkeys") else {
+        return;
+    };
+    let dir = open_tempdir();
+    let (image, data) = small_image(dir.path(), 7);
+    garage.put(&format!("{PREFIX}good.squash"), &image);
+    // (percent-encoded in the request URL)
+    garage.put(&format!("{PREFIX}esc%1B%5B31m.squash"), &image);
+    garage.put(&format!("{PREFIX}bell%07.squash"), &image);
+    let mnt = mountpoint(dir.path());
+    let flags = serve_flags(&garage.endpoint);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_with_env(url(&garage), &mnt, &flags, &garage.env());
+    let names: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["good"], "{}", daemon.log_text());
+    assert_eq!(std::fs::read(mnt.join("good/data.bin")).unwrap(), data);
+    let (ok, out, err) = cli(&garage, &["ls", &url(&garage)]);
+    assert!(ok, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("good"), "{err}");
+}

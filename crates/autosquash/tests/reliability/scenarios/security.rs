@@ -110,7 +110,6 @@ pub fn run(_scale: Scale, out: &mut Outcome) {
         "autosquash/tab%09.squash",
         "autosquash/esc%1B%5B31m.squash",
         "autosquash/del%7F.squash",
-        "autosquash/%2E%2E.squash",
     ];
     for key in hostile_keys {
         put_raw(&garage, key, &image);
