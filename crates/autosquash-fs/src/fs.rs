@@ -318,7 +318,7 @@ impl AutoFs {
         let now = self.now_ms();
         let idle_ms = self.config.idle_timeout.as_millis() as u64;
         let mut state = self.state();
-        let retire: Vec<String> = state
+        let mut retire: Vec<String> = state
             .mounted
             .values()
             .filter(|m| {
@@ -328,6 +328,30 @@ impl AutoFs {
             })
             .map(|m| m.name.clone())
             .collect();
+        // The tables of mounted images live outside the shared cache: past half the memory
+        // limit, the least recently used images without open files go early.
+        let mut resident: u64 = state
+            .mounted
+            .values()
+            .filter(|m| !retire.contains(&m.name))
+            .map(|m| m.image.resident_bytes())
+            .sum();
+        if resident > self.config.memory_limit / 2 {
+            let mut candidates: Vec<&Arc<Mounted>> = state
+                .mounted
+                .values()
+                .filter(|m| m.open_files.load(Ordering::Relaxed) == 0 && !retire.contains(&m.name))
+                .collect();
+            candidates.sort_by_key(|m| m.last_used.load(Ordering::Relaxed));
+            for m in candidates {
+                if resident <= self.config.memory_limit / 2 {
+                    break;
+                }
+                resident -= m.image.resident_bytes();
+                debug!(image = %m.name, "releasing early to stay within the memory limit");
+                retire.push(m.name.clone());
+            }
+        }
         for name in &retire {
             if let Some(m) = state.mounted.remove(name) {
                 m.retired.store(true, Ordering::Relaxed);

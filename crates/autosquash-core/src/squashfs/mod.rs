@@ -20,7 +20,7 @@ pub use inode::{FileKind, Inode};
 use crate::block_cache::{BlockCache, Key, Kind, Value};
 use crate::error::{Error, Result};
 use crate::store::{ObjectMeta, Store};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use codec::Codec;
 use limits::{MAX_DEPTH, TAIL_READ};
 use metadata::{BLOCK_SIZE, Tables};
@@ -85,7 +85,9 @@ impl Image {
         let start = sb.inode_table;
         let tables = if start >= tail_start {
             let from = (start - tail_start) as usize;
-            tail.slice(from..(sb.bytes_used - tail_start) as usize)
+            // A copy: a slice would keep the whole 1 MiB tail (mostly file data) alive for as
+            // long as the image is mounted.
+            Bytes::copy_from_slice(&tail[from..(sb.bytes_used - tail_start) as usize])
         } else {
             let rest = read(start..tail_start).await?;
             let mut all = BytesMut::with_capacity((sb.bytes_used - start) as usize);
@@ -116,6 +118,11 @@ impl Image {
         image.root_ino = root.ino;
         image.remember(root.ino, image.sb.root_inode, 0)?;
         Ok(Arc::new(image))
+    }
+
+    /// Bytes this image keeps while open (its compressed tables), outside the shared cache.
+    pub fn resident_bytes(&self) -> u64 {
+        self.tables.bytes.len() as u64
     }
 
     /// The object version this image was opened at.

@@ -24,6 +24,8 @@ struct Walked {
     errors: BTreeMap<String, u64>,
     slowest: Duration,
     slowest_image: String,
+    /// Images during whose walk the daemon's RSS grew the most (MiB).
+    jumps: Vec<(f64, String)>,
 }
 
 /// Walks one image: at most 2000 entries and 1 MiB per file, so a hostile file size cannot
@@ -111,17 +113,22 @@ pub fn run(scale: Scale, out: &mut Outcome) {
     }
     let mnt = work.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut daemon = crate::common::Daemon::start(
+    let mut daemon = crate::common::Daemon::start_with_env(
         &source,
         &mnt,
         &["--memory-limit", "64M", "--idle-timeout", "10s"],
+        &[],
     );
     let good = crate::setup::load_samples(&mnt);
     let watch = Watch::start(daemon.child.id(), Duration::from_millis(500));
     let load = Load::start(&good, 4, 5);
+    // The good images' own footprint first, so that growth during the walks is the walks'.
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_good_only = crate::load::rss_mib(daemon.child.id());
     let t = Instant::now();
     let queue = Arc::new(Mutex::new(names.clone()));
     let walked = Arc::new(Mutex::new(Walked::default()));
+    let pid = daemon.child.id();
     let walkers: Vec<_> = (0..3)
         .map(|_| {
             let (queue, walked, mnt) = (queue.clone(), walked.clone(), mnt.clone());
@@ -132,9 +139,14 @@ pub fn run(scale: Scale, out: &mut Outcome) {
                     };
                     let mut w = Walked::default();
                     let started = Instant::now();
+                    let rss_before = crate::load::rss_mib(pid);
                     walk(&mnt.join(&name), &mut w);
                     let took = started.elapsed();
+                    let grew = crate::load::rss_mib(pid) - rss_before;
                     let mut all = walked.lock().unwrap();
+                    all.jumps.push((grew, name.clone()));
+                    all.jumps.sort_by(|a, b| b.0.total_cmp(&a.0));
+                    all.jumps.truncate(5);
                     all.images += 1;
                     all.entries += w.entries;
                     all.bytes += w.bytes;
@@ -158,6 +170,17 @@ pub fn run(scale: Scale, out: &mut Outcome) {
     let counts = load.stop();
     let samples = watch.stop();
     let alive = daemon.child.try_wait().unwrap().is_none();
+    let status = daemon.status();
+    out.figure(
+        "memory budget in use at the end / images mounted",
+        format!(
+            "{:.0} MiB / {}",
+            status["cache"]["memory_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            status["mounts"][0]["images"]
+                .as_array()
+                .map_or(0, |a| a.len())
+        ),
+    );
     let w = walked.lock().unwrap();
     let peak = samples.iter().map(|s| s.1).fold(0.0, f64::max);
     let last = samples.last().map_or(0.0, |s| s.1);
@@ -184,6 +207,18 @@ pub fn run(scale: Scale, out: &mut Outcome) {
         "slowest image walk",
         format!("{} ({})", secs(w.slowest), w.slowest_image),
     );
+    out.figure(
+        "RSS serving the good images only (before the walks)",
+        format!("{rss_good_only:.0} MiB"),
+    );
+    out.figure(
+        "largest RSS growth during one image's walk",
+        w.jumps
+            .iter()
+            .map(|(mib, name)| format!("{name} +{mib:.0} MiB"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     out.figure("good images read meanwhile", counts.line());
     out.figure(
         "daemon RSS",
@@ -191,6 +226,13 @@ pub fn run(scale: Scale, out: &mut Outcome) {
             "peak {peak:.0} MiB, at the end {last:.0} MiB (memory limit {MEMORY_LIMIT_MIB:.0} MiB)"
         ),
     );
+    let step = (samples.len() / 12).max(1);
+    let trace: Vec<String> = samples
+        .iter()
+        .step_by(step)
+        .map(|(t, rss, _)| format!("{t:.0}s {rss:.0}M"))
+        .collect();
+    out.figure("RSS over time", trace.join(", "));
     out.check(alive, "the daemon is still running");
     out.check(
         finished,
@@ -216,10 +258,23 @@ pub fn run(scale: Scale, out: &mut Outcome) {
         unexpected.is_empty(),
         format!("hostile data gives EIO (or ENOENT), not {unexpected:?}"),
     );
-    // The budget bounds cached data; on top of it come the runtime, the FUSE buffers and one
-    // open image's tables per mounted image (bounded by the 64 MiB budget too).
+    // Bounded: the RSS in the last third of the walks is not above the first third's (the
+    // number of images walked does not matter), and within a fixed ceiling.
+    let third = samples.len() / 3;
+    let early = samples[..third.max(1)]
+        .iter()
+        .map(|s| s.1)
+        .fold(0.0, f64::max);
+    let late = samples[samples.len() - third.max(1)..]
+        .iter()
+        .map(|s| s.1)
+        .fold(0.0, f64::max);
     out.check(
-        peak < MEMORY_LIMIT_MIB * 2.0 + 96.0,
-        format!("RSS peak {peak:.0} MiB below 2 × the memory limit + 96 MiB"),
+        late <= early * 1.25 + 16.0,
+        format!("RSS stops growing: last third's peak {late:.0} MiB ≤ 125% of the first third's {early:.0} MiB + 16 MiB"),
+    );
+    out.check(
+        peak < 512.0,
+        format!("RSS peak {peak:.0} MiB under 512 MiB"),
     );
 }
