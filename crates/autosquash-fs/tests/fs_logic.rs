@@ -177,6 +177,33 @@ async fn idle_images_retire_and_slots_live_until_forgotten() {
 }
 
 #[tokio::test]
+async fn images_beyond_the_memory_limit_are_released_early_unless_open() {
+    let store = Arc::new(MemStore::new());
+    store.put("images/one.squash", image("one\n"));
+    store.put("images/two.squash", image("two\n"));
+    // A budget too small for even one image's tables: every idle image must go at once,
+    // long before the idle timeout; one with an open file stays.
+    let fs = AutoFs::new(
+        store.clone(),
+        FsConfig {
+            prefix: "images/".into(),
+            idle_timeout: Duration::from_secs(300),
+            memory_limit: 64,
+            ..FsConfig::default()
+        },
+    );
+    fs.refresh().await.unwrap();
+    fs.lookup(ROOT_INO, b"one").await.unwrap();
+    let two = fs.lookup(ROOT_INO, b"two").await.unwrap();
+    let file = fs.lookup(two.ino, b"file.txt").await.unwrap();
+    let fh = fs.open(file.ino, false).unwrap();
+    assert_eq!(fs.expire(), ["one"]);
+    assert_eq!(fs.mounted_count().0, 1);
+    fs.release(fh);
+    assert_eq!(fs.expire(), ["two"]);
+}
+
+#[tokio::test]
 async fn a_replaced_image_keeps_open_files_then_switches() {
     let (store, fs) = setup(Duration::from_secs(300)).await;
     let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
