@@ -202,8 +202,9 @@ fn markdown(scale: Scale, outcomes: &[Outcome], took: Duration) -> String {
         md,
         "# Reliability and security figures\n\n\
          Written by `tests/reliability/run` ({} run, {:.0} minutes, {}); every figure below is \
-         measured on a running daemon on a real FUSE mount against a real Garage S3 server, \
-         faults injected by a proxy between them. Each scenario lists its figures and its \
+         measured on a running daemon on a real FUSE mount against a real Garage S3 server (or a local \
+         directory of images), with faults injected by a proxy between them where a scenario \
+         calls for it. Each scenario lists its figures and its \
          checks; a failed check fails the run (CI runs the `--quick` version).\n",
         if scale.quick { "quick" } else { "full" },
         took.as_secs_f64() / 60.0,
