@@ -48,7 +48,11 @@ impl Weighter<Key, Value> for ByteWeighter {
         64 + match value {
             Value::Block(b) => b.len() as u64,
             Value::Inode(i) => i.heap_size() as u64,
-            Value::Listing(l) => l.iter().map(|e| 32 + e.name.len() as u64).sum(),
+            // Each entry, plus its name's own allocation (the allocator's minimum is 32 bytes).
+            Value::Listing(l) => l
+                .iter()
+                .map(|e| size_of::<crate::DirEntry>() as u64 + (e.name.len() as u64 + 16).max(32))
+                .sum(),
         }
     }
 }

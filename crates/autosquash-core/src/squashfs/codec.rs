@@ -44,7 +44,15 @@ impl Codec {
             DefaultCompressor.decompress(data, &mut out, self.0)
         }));
         match result {
-            Ok(Ok(())) if out.len() <= max => Ok(out),
+            Ok(Ok(())) if out.len() <= max => {
+                // The buffer was sized for a whole block; a fragment, a file's tail or a
+                // metadata block is smaller, and the cache weighs entries by length: give the
+                // rest back, or the cache would hold several times its budget.
+                if out.capacity() > out.len() + out.len() / 8 {
+                    out.shrink_to_fit();
+                }
+                Ok(out)
+            }
             Ok(Ok(())) => Err(Error::corrupt(format!(
                 "block decompresses to more than {max} bytes"
             ))),
@@ -54,5 +62,26 @@ impl Codec {
             ))),
             Err(_) => Err(Error::corrupt(format!("{} decoder panicked", self.name()))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Regression: a small block kept a whole block-size buffer, which the byte-weighted cache
+    /// did not count, so the daemon's memory ran far past its budget.
+    #[test]
+    fn a_small_block_keeps_no_block_sized_buffer() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&data).unwrap();
+        let out = Codec::from_id(1)
+            .unwrap()
+            .decompress(&z.finish().unwrap(), 1 << 20)
+            .unwrap();
+        assert_eq!(out, data);
+        assert!(out.capacity() <= 1125, "capacity {}", out.capacity());
     }
 }
