@@ -17,6 +17,9 @@ pub const HOLD: Duration = Duration::from_secs(1);
 pub struct Health {
     /// When the store last failed to answer; `None` while it answers.
     failed_at: Mutex<Option<Instant>>,
+    /// When it last answered: a request that started before that and timed out afterwards
+    /// (it was sent during an outage now over) says nothing about the store now.
+    answered_at: Mutex<Option<Instant>>,
 }
 
 impl Health {
@@ -31,8 +34,16 @@ impl Health {
         self.failed_at().is_none_or(|t| t.elapsed() >= HOLD)
     }
 
-    /// The store did not answer (timeout, connection refused or reset).
-    pub fn unreachable(&self) {
+    /// A request sent at `started` got no answer (timeout, connection refused or reset).
+    pub fn unreachable(&self, started: Instant) {
+        let answered_since = self
+            .answered_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| t > started);
+        if answered_since {
+            return;
+        }
         let mut failed_at = self.failed_at();
         if failed_at.is_none() {
             warn!(
@@ -45,6 +56,10 @@ impl Health {
 
     /// The store answered (with data or a definite error).
     pub fn answered(&self) {
+        *self
+            .answered_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         if self.failed_at().take().is_some() {
             info!("the store is answering again");
         }
@@ -59,13 +74,18 @@ mod tests {
     fn fails_fast_for_a_moment_after_a_timeout() {
         let h = Health::default();
         assert!(h.admit());
-        h.unreachable();
+        h.unreachable(Instant::now());
         assert!(!h.admit(), "fails fast right after a timeout");
         std::thread::sleep(HOLD);
         assert!(h.admit(), "asks the store again after the hold");
-        h.unreachable();
+        let sent_during_the_outage = Instant::now();
+        h.unreachable(sent_during_the_outage);
         assert!(!h.admit());
         h.answered();
         assert!(h.admit(), "an answer clears it");
+        // Regression: a request sent before the store came back timed out afterwards and
+        // made every read fail again for a moment.
+        h.unreachable(sent_during_the_outage);
+        assert!(h.admit(), "an older request's timeout does not count");
     }
 }

@@ -164,6 +164,7 @@ fn backoff(attempt: u32) -> Duration {
 
 impl S3Store {
     async fn get(&self, key: &str, etag: &str, range: &Range<u64>) -> Result<Bytes, Attempt> {
+        let started = tokio::time::Instant::now();
         let out = self
             .client
             .get_object()
@@ -173,7 +174,7 @@ impl S3Store {
             .if_match(etag)
             .send()
             .await
-            .map_err(|e| Attempt::Final(self.error(key, e)))?;
+            .map_err(|e| Attempt::Final(self.error(key, e, started)))?;
         let data = out
             .body
             .collect()
@@ -240,6 +241,7 @@ impl S3Store {
         &self,
         key: &str,
         err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        started: tokio::time::Instant,
     ) -> Error {
         if let SdkError::ServiceError(service) = &err {
             self.health.answered();
@@ -263,11 +265,11 @@ impl S3Store {
         }
         let what = match &err {
             SdkError::TimeoutError(_) => {
-                self.health.unreachable();
+                self.health.unreachable(started);
                 "timed out".to_owned()
             }
             SdkError::DispatchFailure(_) => {
-                self.health.unreachable();
+                self.health.unreachable(started);
                 format!("cannot reach the store: {}", DisplayErrorContext(&err))
             }
             _ => DisplayErrorContext(&err).to_string(),
@@ -279,6 +281,7 @@ impl S3Store {
 #[async_trait::async_trait]
 impl Store for S3Store {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let started = tokio::time::Instant::now();
         let mut out = Vec::new();
         let mut pages = self
             .client
@@ -291,7 +294,7 @@ impl Store for S3Store {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error(prefix, e))?;
+            let page = page.map_err(|e| self.error(prefix, e, started))?;
             for object in page.contents() {
                 let (Some(encoded), Some(etag)) = (object.key(), object.e_tag()) else {
                     continue;
@@ -311,6 +314,7 @@ impl Store for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        let started = tokio::time::Instant::now();
         let out = self
             .client
             .head_object()
@@ -318,7 +322,7 @@ impl Store for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| self.error(key, e))?;
+            .map_err(|e| self.error(key, e, started))?;
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -341,12 +345,13 @@ impl Store for S3Store {
                 "the store is not answering",
             ));
         }
-        let deadline = tokio::time::Instant::now() + self.read_deadline;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.read_deadline;
         let mut attempt = 1;
         loop {
             let Ok(result) = tokio::time::timeout_at(deadline, self.get(key, etag, &range)).await
             else {
-                self.health.unreachable();
+                self.health.unreachable(started);
                 return Err(Error::store(
                     &format!("s3://{}/{key}", self.bucket),
                     format!("timed out after {:?}", self.read_deadline),

@@ -18,6 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Smallest part size; larger files get larger parts to stay under `MAX_PARTS`.
 pub const PART_SIZE: u64 = 16 << 20;
@@ -51,7 +52,7 @@ pub async fn upload_file(
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| store.error(key, e))?;
+            .map_err(|e| store.error(key, e, Instant::now()))?;
         progress(size);
         return etag(key, out.e_tag());
     }
@@ -64,7 +65,7 @@ pub async fn upload_file(
         .checksum_algorithm(ChecksumAlgorithm::Crc32)
         .send()
         .await
-        .map_err(|e| store.error(key, e))?;
+        .map_err(|e| store.error(key, e, Instant::now()))?;
     let upload_id = created
         .upload_id()
         .ok_or_else(|| Error::store(key, "the store gave no upload id"))?
@@ -88,7 +89,7 @@ pub async fn upload_file(
                     .body(ByteStream::from(body))
                     .send()
                     .await
-                    .map_err(|e| store.error(key, e))?;
+                    .map_err(|e| store.error(key, e, Instant::now()))?;
                 progress(len);
                 Ok::<_, Error>(
                     CompletedPart::builder()
@@ -118,7 +119,7 @@ pub async fn upload_file(
                 )
                 .send()
                 .await
-                .map_err(|e| store.error(key, e))
+                .map_err(|e| store.error(key, e, Instant::now()))
         }
         Err(e) => Err(e),
     };
@@ -137,7 +138,7 @@ pub async fn upload_file(
                 tracing::warn!(
                     key,
                     upload_id,
-                    error = %store.error(key, abort),
+                    error = %store.error(key, abort, Instant::now()),
                     "cannot abort the failed multipart upload; its parts stay in the bucket"
                 );
             }
