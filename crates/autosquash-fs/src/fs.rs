@@ -97,8 +97,6 @@ struct Mounted {
     /// The object changed or vanished: retire as soon as no file is open.
     outdated: AtomicBool,
     retired: AtomicBool,
-    /// When a failed request was last logged at warning level (0: never).
-    failure_logged_ms: AtomicU64,
 }
 
 impl Drop for Mounted {
@@ -155,7 +153,7 @@ impl Readahead {
     }
 }
 
-/// How often one image's mount failures are logged at warning level.
+/// How often one image's failures are logged at warning level.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
@@ -175,9 +173,9 @@ struct State {
     misses: HashMap<String, Instant>,
     /// Keys that are not images, each logged once.
     ignored: std::collections::HashSet<String>,
-    /// Images that failed to mount for a passing reason (store trouble), and when that was
-    /// last logged: one warning per image per [`FAILURE_LOG_INTERVAL`], not one per lookup.
-    mount_failures_logged: HashMap<String, Instant>,
+    /// When each image's failures were last logged at warning level: one warning per image
+    /// per [`FAILURE_LOG_INTERVAL`], not one per request (an outage fails thousands).
+    failures_logged: HashMap<String, Instant>,
     /// When the root listing last changed (the root's mtime).
     root_mtime: u32,
 }
@@ -431,19 +429,7 @@ impl AutoFs {
         let image = match Image::open(self.store.clone(), meta.clone(), self.cache.clone()).await {
             Ok(image) => image,
             Err(e) => {
-                let now = Instant::now();
-                let due = {
-                    let mut state = self.state();
-                    let logged = &mut state.mount_failures_logged;
-                    let due = logged
-                        .get(name)
-                        .is_none_or(|t| now.duration_since(*t) >= FAILURE_LOG_INTERVAL);
-                    if due {
-                        logged.insert(name.to_owned(), now);
-                    }
-                    due
-                };
-                if due {
+                if self.warning_due(name) {
                     warn!(image = %name, key = %meta.key, error = %e, "cannot mount image");
                 } else {
                     debug!(image = %name, error = %e, "cannot mount image");
@@ -477,10 +463,9 @@ impl AutoFs {
             mounted_at: self.now_ms(),
             outdated: AtomicBool::new(false),
             retired: AtomicBool::new(false),
-            failure_logged_ms: AtomicU64::new(0),
         });
         info!(image = %name, slot, etag = %meta.etag, "image mounted");
-        state.mount_failures_logged.remove(name);
+        state.failures_logged.remove(name);
         state.slots.insert(slot, m.clone());
         state.mounted.insert(name.to_owned(), m.clone());
         Ok(m)
@@ -518,22 +503,28 @@ impl AutoFs {
         Ok((m, inode))
     }
 
-    /// Logs an engine error, with the image, where it is answered: at warning level once per
-    /// image per [`FAILURE_LOG_INTERVAL`] (an outage fails thousands of reads), else at debug.
+    /// Logs an engine error, with the image, where it is answered.
     fn fail(&self, m: &Mounted, e: autosquash_core::Error) -> FsError {
-        let now = self.now_ms();
-        let last = m.failure_logged_ms.load(Ordering::Relaxed);
-        let interval = FAILURE_LOG_INTERVAL.as_millis() as u64;
-        if (last == 0 || now.saturating_sub(last) >= interval)
-            && m.failure_logged_ms
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            warn!(image = %m.name, key = %m.image.meta().key, error = %e, "request failed (further failures of this image within 30 s are logged at debug level)");
+        if self.warning_due(&m.name) {
+            warn!(image = %m.name, key = %m.image.meta().key, error = %e, "request failed");
         } else {
             debug!(image = %m.name, error = %e, "request failed");
         }
         e.into()
+    }
+
+    /// Whether a failure of `name` should be logged at warning level (else at debug).
+    fn warning_due(&self, name: &str) -> bool {
+        let now = Instant::now();
+        let mut state = self.state();
+        let due = state
+            .failures_logged
+            .get(name)
+            .is_none_or(|t| now.duration_since(*t) >= FAILURE_LOG_INTERVAL);
+        if due {
+            state.failures_logged.insert(name.to_owned(), now);
+        }
+        due
     }
 
     fn attr_of(&self, m: &Mounted, inode: &Inode) -> Attr {

@@ -15,52 +15,48 @@ pub const HOLD: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Health {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
     /// When the store last failed to answer; `None` while it answers.
-    failed_at: Mutex<Option<Instant>>,
+    failed_at: Option<Instant>,
     /// When it last answered: a request that started before that and timed out afterwards
     /// (it was sent during an outage now over) says nothing about the store now.
-    answered_at: Mutex<Option<Instant>>,
+    answered_at: Option<Instant>,
 }
 
 impl Health {
-    fn failed_at(&self) -> MutexGuard<'_, Option<Instant>> {
-        self.failed_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// False right after the store failed to answer: fail without asking it.
     pub fn admit(&self) -> bool {
-        self.failed_at().is_none_or(|t| t.elapsed() >= HOLD)
+        self.state().failed_at.is_none_or(|t| t.elapsed() >= HOLD)
     }
 
     /// A request sent at `started` got no answer (timeout, connection refused or reset).
     pub fn unreachable(&self, started: Instant) {
-        let answered_since = self
-            .answered_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|t| t > started);
-        if answered_since {
+        let mut s = self.state();
+        if s.answered_at.is_some_and(|t| t > started) {
             return;
         }
-        let mut failed_at = self.failed_at();
-        if failed_at.is_none() {
+        if s.failed_at.is_none() {
             warn!(
                 "the store is not answering; reads of uncached data fail (at once for {HOLD:?} \
                  after each timeout) until it does"
             );
         }
-        *failed_at = Some(Instant::now());
+        s.failed_at = Some(Instant::now());
     }
 
     /// The store answered (with data or a definite error).
     pub fn answered(&self) {
-        *self
-            .answered_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        if self.failed_at().take().is_some() {
+        let mut s = self.state();
+        s.answered_at = Some(Instant::now());
+        if s.failed_at.take().is_some() {
             info!("the store is answering again");
         }
     }

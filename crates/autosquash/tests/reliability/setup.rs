@@ -74,14 +74,24 @@ pub fn serve_bucket(
     let dir = open_tempdir();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut flags = vec!["--endpoint-url", endpoint, "--force-path-style"];
-    flags.extend_from_slice(extra);
-    let daemon = Daemon::start_with_env(format!("s3://{bucket}/{PREFIX}"), &mnt, &flags, env);
+    let daemon = Daemon::start_with_env(url(bucket), &mnt, &flags(endpoint, extra), env);
     Served {
         daemon,
         mnt,
         _dir: dir,
     }
+}
+
+/// The daemon's source for `bucket`.
+pub fn url(bucket: &str) -> String {
+    format!("s3://{bucket}/{PREFIX}")
+}
+
+/// Flags pointing the daemon at `endpoint`, then `extra`.
+pub fn flags<'a>(endpoint: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec!["--endpoint-url", endpoint, "--force-path-style"];
+    flags.extend_from_slice(extra);
+    flags
 }
 
 /// Reads every sample once, checking the bytes; returns how many differed or failed.

@@ -37,14 +37,8 @@ pub fn run(scale: Scale, out: &mut Outcome) {
     let during = load.stop();
     let stale = is_mounted(&mnt);
 
-    let url = format!("s3://{}/{PREFIX}", garage.bucket);
-    let flags = [
-        "--endpoint-url",
-        &garage.endpoint,
-        "--force-path-style",
-        "--memory-limit",
-        "32M",
-    ];
+    let url = setup::url(&garage.bucket);
+    let flags = setup::flags(&garage.endpoint, &["--memory-limit", "32M"]);
     let restarted = Instant::now();
     let daemon = Daemon::spawn(&url, &mnt, &flags, &garage.env());
     let probe = samples.iter().max_by_key(|s| s.size).unwrap();

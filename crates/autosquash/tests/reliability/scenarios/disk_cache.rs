@@ -39,14 +39,8 @@ pub fn run(_scale: Scale, out: &mut Outcome) {
         let len = f.metadata().unwrap().len();
         f.write_all_at(b"\xde\xad\xbe\xef", len / 2).unwrap();
     }
-    let url = format!("s3://{}/{PREFIX}", garage.bucket);
-    let flags = [
-        "--endpoint-url",
-        &garage.endpoint,
-        "--force-path-style",
-        "--memory-limit",
-        "16M",
-    ];
+    let url = setup::url(&garage.bucket);
+    let flags = setup::flags(&garage.endpoint, &["--memory-limit", "16M"]);
     let daemon = Daemon::start_with_env(&url, &mnt, &flags, &garage.env());
     let (failed, wrong) = setup::read_all(&samples);
     let refetched = daemon.status()["mounts"][0]["store"]["bytes"]
@@ -94,13 +88,6 @@ pub fn run(_scale: Scale, out: &mut Outcome) {
         small.display()
     ));
     assert!(ok, "tmpfs: {err}");
-    let flags = [
-        "--endpoint-url",
-        &garage.endpoint,
-        "--force-path-style",
-        "--memory-limit",
-        "16M",
-    ];
     let daemon = Daemon::start_with_env(&url, &mnt, &flags, &garage.env());
     let pass1 = setup::read_all(&samples);
     let pass2 = setup::read_all(&samples);
