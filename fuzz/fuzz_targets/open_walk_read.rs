@@ -1,5 +1,7 @@
-//! Open an arbitrary byte string as an image, walk every directory, stat every entry, read
-//! every file, symlink and xattr list: any panic, hang or runaway allocation is a bug.
+//! Open an arbitrary byte string as an image, walk every entry ([`Image::walk`]), list and read
+//! every xattr, read every symlink and every file twice (the second time from the cache, where
+//! a block cached for another inode must be checked again): any panic, hang or runaway
+//! allocation is a bug.
 #![no_main]
 
 use autosquash_core::{BlockCache, FileKind, Image, MemStore, Store};
@@ -13,24 +15,20 @@ fuzz_target!(|data: &[u8]| {
         store.put("img", data.to_vec());
         let meta = store.head("img").await.unwrap();
         let Ok(image) = Image::open(store, meta, BlockCache::new(16 << 20)).await else { return };
-        let Ok(root) = image.root() else { return };
-        let mut stack = vec![root];
-        let mut budget = 10_000;
-        while let Some(dir) = stack.pop() {
-            let Ok(listing) = image.listing(&dir) else { continue };
-            for entry in listing.iter() {
-                budget -= 1;
-                if budget == 0 {
-                    return;
+        for walked in image.walk(10_000) {
+            let Ok(inode) = walked.inode else { continue };
+            if let Ok(names) = image.xattr_names(&inode) {
+                for name in names {
+                    let _ = image.xattr(&inode, &name);
                 }
-                let Ok(inode) = image.entry_inode(&dir, entry) else { continue };
-                let _ = image.xattrs(&inode);
-                match inode.kind {
-                    FileKind::Directory => stack.push(inode),
-                    FileKind::Symlink => {
-                        let _ = image.readlink(&inode);
-                    }
-                    FileKind::File => {
+            }
+            let _ = image.xattrs(&inode);
+            match inode.kind {
+                FileKind::Symlink => {
+                    let _ = image.readlink(&inode);
+                }
+                FileKind::File => {
+                    for _ in 0..2 {
                         let mut offset = 0;
                         while offset < inode.size.min(64 << 20) {
                             match image.read(&inode, offset, 1 << 20).await {
@@ -39,8 +37,8 @@ fuzz_target!(|data: &[u8]| {
                             }
                         }
                     }
-                    _ => {}
                 }
+                _ => {}
             }
         }
     });

@@ -101,6 +101,11 @@ impl Disk {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the disk cache is working (a full or failing disk turns it off).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
     pub fn usage(&self) -> (u64, bool) {
         (self.lock().total, self.enabled.load(Ordering::Relaxed))
     }

@@ -32,9 +32,6 @@ type Flight = watch::Receiver<Option<Result<Bytes>>>;
 pub struct CachedStore<S: Store> {
     inner: S,
     disk: Disk,
-    /// Object sizes by (key, ETag), learned from listings and HEADs: the last chunk of an
-    /// object is shorter, and only the size says so.
-    sizes: Mutex<HashMap<(String, String), u64>>,
     /// Chunk fetches in progress, shared by concurrent readers.
     flights: Mutex<HashMap<PathBuf, Flight>>,
     /// Per object version: the chunk after the last miss, and the current fetch-ahead window.
@@ -52,7 +49,6 @@ impl<S: Store> CachedStore<S> {
         Self {
             inner,
             disk,
-            sizes: Mutex::default(),
             flights: Mutex::default(),
             patterns: Mutex::default(),
         }
@@ -63,29 +59,10 @@ impl<S: Store> CachedStore<S> {
         self.disk.usage()
     }
 
-    fn learn(&self, meta: &ObjectMeta) {
-        let mut sizes = self.sizes.lock().unwrap_or_else(PoisonError::into_inner);
-        if sizes.len() > 100_000 {
-            sizes.clear();
-        }
-        sizes.insert((meta.key.clone(), meta.etag.clone()), meta.size);
-    }
-
-    fn size_of(&self, key: &str, etag: &str) -> Option<u64> {
-        let sizes = self.sizes.lock().unwrap_or_else(PoisonError::into_inner);
-        sizes.get(&(key.to_owned(), etag.to_owned())).copied()
-    }
-
     /// Chunks `first..=last` of an object of `size` bytes: from disk, from a fetch another
     /// reader has in flight, or fetched here, runs of adjacent chunks in one request each.
-    async fn chunks(
-        &self,
-        key: &str,
-        etag: &str,
-        size: u64,
-        first: u64,
-        last: u64,
-    ) -> Result<Vec<Bytes>> {
+    async fn chunks(&self, object: &ObjectMeta, first: u64, last: u64) -> Result<Vec<Bytes>> {
+        let (key, etag, size) = (object.key.as_str(), object.etag.as_str(), object.size);
         let mut out: Vec<Option<Bytes>> = (first..=last)
             .map(|i| self.disk.get(key, etag, i))
             .collect();
@@ -119,7 +96,7 @@ impl<S: Store> CachedStore<S> {
                 }
             }
         }
-        let fetched = self.fetch_claimed(key, etag, size, &mine).await;
+        let fetched = self.fetch_claimed(object, &mine).await;
         {
             let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
             for (i, _) in &mine {
@@ -145,7 +122,7 @@ impl<S: Store> CachedStore<S> {
                         .unwrap_or_else(PoisonError::into_inner)
                         .remove(&path);
                     let range = i * CHUNK..((i + 1) * CHUNK).min(size);
-                    let data = self.inner.read(key, etag, range).await;
+                    let data = self.inner.read(object, range).await;
                     if let Ok(data) = &data {
                         self.disk.put(key, etag, i, data);
                     }
@@ -188,11 +165,10 @@ impl<S: Store> CachedStore<S> {
     /// Fetches the claimed chunks, one request per run of adjacent ones, and stores them.
     async fn fetch_claimed<T>(
         &self,
-        key: &str,
-        etag: &str,
-        size: u64,
+        object: &ObjectMeta,
         claimed: &[(u64, T)],
     ) -> Vec<Result<Bytes>> {
+        let (key, etag, size) = (object.key.as_str(), object.etag.as_str(), object.size);
         let mut results = Vec::with_capacity(claimed.len());
         let mut start = 0;
         while start < claimed.len() {
@@ -202,7 +178,7 @@ impl<S: Store> CachedStore<S> {
             }
             let (a, b) = (claimed[start].0, claimed[end - 1].0);
             let range = a * CHUNK..((b + 1) * CHUNK).min(size);
-            match self.inner.read(key, etag, range).await {
+            match self.inner.read(object, range).await {
                 Ok(data) => {
                     for i in a..=b {
                         let from = ((i - a) * CHUNK) as usize;
@@ -223,27 +199,25 @@ impl<S: Store> CachedStore<S> {
 #[async_trait::async_trait]
 impl<S: Store> Store for CachedStore<S> {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let objects = self.inner.list(prefix).await?;
-        objects.iter().for_each(|o| self.learn(o));
-        Ok(objects)
+        self.inner.list(prefix).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        let meta = self.inner.head(key).await?;
-        self.learn(&meta);
-        Ok(meta)
+        self.inner.head(key).await
     }
 
-    async fn read(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes> {
+    async fn read(&self, object: &ObjectMeta, range: Range<u64>) -> Result<Bytes> {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        let Some(size) = self.size_of(key, etag).filter(|&s| range.end <= s) else {
-            // Unknown version (or a range past its end): no caching, the store decides.
-            return self.inner.read(key, etag, range).await;
-        };
+        // A range past the end is the store's to refuse; a disk cache that is off must not
+        // fetch ahead what it cannot keep.
+        if range.end > object.size || !self.disk.enabled() {
+            return self.inner.read(object, range).await;
+        }
+        let key = object.key.as_str();
         let (first, last) = (range.start / CHUNK, (range.end - 1) / CHUNK);
-        let chunks = self.chunks(key, etag, size, first, last).await?;
+        let chunks = self.chunks(object, first, last).await?;
         let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
         for (i, chunk) in (first..=last).zip(chunks) {
             let base = i * CHUNK;

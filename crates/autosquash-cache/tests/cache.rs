@@ -1,7 +1,7 @@
 //! Each property of the disk cache, against an in-memory store that counts requests.
 
 use autosquash_cache::{CHUNK, CachedStore};
-use autosquash_core::{MemStore, Store};
+use autosquash_core::{MemStore, ObjectMeta, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,41 +14,35 @@ async fn setup(
     dir: &std::path::Path,
     cap: u64,
     len: usize,
-) -> (Arc<CachedStore<Arc<MemStore>>>, Arc<MemStore>, String) {
+) -> (Arc<CachedStore<Arc<MemStore>>>, Arc<MemStore>, ObjectMeta) {
     let mem = Arc::new(MemStore::new());
     mem.put("obj", object(len));
     let cached = Arc::new(CachedStore::new(mem.clone(), dir.to_path_buf(), cap));
-    let etag = cached.head("obj").await.unwrap().etag;
+    let meta = cached.head("obj").await.unwrap();
     mem.reset_stats();
-    (cached, mem, etag)
+    (cached, mem, meta)
 }
 
 #[tokio::test]
 async fn reads_are_kept_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let data = object(5 << 20);
-    let (cached, mem, etag) = setup(dir.path(), 1 << 30, data.len()).await;
-    let got = cached.read("obj", &etag, 1000..3_000_000).await.unwrap();
+    let (cached, mem, meta) = setup(dir.path(), 1 << 30, data.len()).await;
+    let got = cached.read(&meta, 1000..3_000_000).await.unwrap();
     assert_eq!(got[..], data[1000..3_000_000]);
     assert_eq!(mem.stats().reads, 1, "three missing chunks are one request");
     drop(cached);
     // A new daemon on the same directory: nothing is fetched again.
-    let (cached, mem, etag2) = setup(dir.path(), 1 << 30, data.len()).await;
-    assert_eq!(etag, etag2);
-    let got = cached.read("obj", &etag, 500_000..2_500_000).await.unwrap();
+    let (cached, mem, meta2) = setup(dir.path(), 1 << 30, data.len()).await;
+    assert_eq!(meta, meta2);
+    let got = cached.read(&meta, 500_000..2_500_000).await.unwrap();
     assert_eq!(got[..], data[500_000..2_500_000]);
     assert_eq!(mem.stats().reads, 0);
     // The last chunk of the object is short, and cached as such.
-    let tail = cached
-        .read("obj", &etag, (5 << 20) - 10..5 << 20)
-        .await
-        .unwrap();
+    let tail = cached.read(&meta, (5 << 20) - 10..5 << 20).await.unwrap();
     assert_eq!(tail[..], data[data.len() - 10..]);
     assert_eq!(
-        cached
-            .read("obj", &etag, (5 << 20) - 10..5 << 20)
-            .await
-            .unwrap(),
+        cached.read(&meta, (5 << 20) - 10..5 << 20).await.unwrap(),
         tail
     );
     assert_eq!(mem.stats().reads, 1);
@@ -58,8 +52,8 @@ async fn reads_are_kept_across_restarts() {
 async fn a_damaged_chunk_is_dropped_and_fetched_again() {
     let dir = tempfile::tempdir().unwrap();
     let data = object(2 << 20);
-    let (cached, mem, etag) = setup(dir.path(), 1 << 30, data.len()).await;
-    cached.read("obj", &etag, 0..100).await.unwrap();
+    let (cached, mem, meta) = setup(dir.path(), 1 << 30, data.len()).await;
+    cached.read(&meta, 0..100).await.unwrap();
     let mut files = Vec::new();
     for version in std::fs::read_dir(dir.path()).unwrap().flatten() {
         for v in std::fs::read_dir(version.path()).unwrap().flatten() {
@@ -73,7 +67,7 @@ async fn a_damaged_chunk_is_dropped_and_fetched_again() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&files[0], bytes).unwrap();
-    let got = cached.read("obj", &etag, 0..CHUNK).await.unwrap();
+    let got = cached.read(&meta, 0..CHUNK).await.unwrap();
     assert_eq!(
         got[..],
         data[..CHUNK as usize],
@@ -81,7 +75,7 @@ async fn a_damaged_chunk_is_dropped_and_fetched_again() {
     );
     assert_eq!(mem.stats().reads, 2);
     // And the fresh copy is good again.
-    cached.read("obj", &etag, 0..CHUNK).await.unwrap();
+    cached.read(&meta, 0..CHUNK).await.unwrap();
     assert_eq!(mem.stats().reads, 2);
 }
 
@@ -90,13 +84,10 @@ async fn the_cache_stays_under_its_cap() {
     let dir = tempfile::tempdir().unwrap();
     let cap = 3 * CHUNK + CHUNK / 2;
     let data = object((30 * CHUNK) as usize);
-    let (cached, mem, etag) = setup(dir.path(), cap, data.len()).await;
+    let (cached, mem, meta) = setup(dir.path(), cap, data.len()).await;
     // Every third chunk: a random reader, so nothing is fetched ahead.
     for i in (0..10).map(|i| i * 3) {
-        let got = cached
-            .read("obj", &etag, i * CHUNK..i * CHUNK + 10)
-            .await
-            .unwrap();
+        let got = cached.read(&meta, i * CHUNK..i * CHUNK + 10).await.unwrap();
         assert_eq!(
             got[..],
             data[(i * CHUNK) as usize..(i * CHUNK) as usize + 10]
@@ -110,25 +101,25 @@ async fn the_cache_stays_under_its_cap() {
     // The most recent chunk is still there; the oldest was evicted.
     let before = mem.stats().reads;
     cached
-        .read("obj", &etag, 27 * CHUNK..27 * CHUNK + 10)
+        .read(&meta, 27 * CHUNK..27 * CHUNK + 10)
         .await
         .unwrap();
     assert_eq!(mem.stats().reads, before);
-    cached.read("obj", &etag, 0..10).await.unwrap();
+    cached.read(&meta, 0..10).await.unwrap();
     assert_eq!(mem.stats().reads, before + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_readers_of_one_chunk_share_one_request() {
     let dir = tempfile::tempdir().unwrap();
-    let (cached, mem, etag) = setup(dir.path(), 1 << 30, 3 << 20).await;
+    let (cached, mem, meta) = setup(dir.path(), 1 << 30, 3 << 20).await;
     mem.set_delay(Duration::from_millis(200));
     let readers: Vec<_> = (0..8)
         .map(|i| {
-            let (cached, etag) = (cached.clone(), etag.clone());
+            let (cached, meta) = (cached.clone(), meta.clone());
             tokio::spawn(async move {
                 cached
-                    .read("obj", &etag, CHUNK + i * 1000..CHUNK + i * 1000 + 100)
+                    .read(&meta, CHUNK + i * 1000..CHUNK + i * 1000 + 100)
                     .await
             })
         })
@@ -140,22 +131,23 @@ async fn concurrent_readers_of_one_chunk_share_one_request() {
 }
 
 #[tokio::test]
-async fn unknown_versions_pass_through_uncached() {
+async fn a_version_the_cache_never_listed_is_cached_too() {
     let dir = tempfile::tempdir().unwrap();
     let mem = Arc::new(MemStore::new());
     mem.put("obj", object(100));
-    let etag = mem.head("obj").await.unwrap().etag;
+    let meta = mem.head("obj").await.unwrap();
     let cached = CachedStore::new(mem.clone(), dir.path().to_path_buf(), 1 << 30);
     assert_eq!(
-        cached.read("obj", &etag, 10..20).await.unwrap()[..],
+        cached.read(&meta, 10..20).await.unwrap()[..],
         object(100)[10..20]
     );
     assert_eq!(
-        cached.read("obj", &etag, 10..20).await.unwrap()[..],
+        cached.read(&meta, 10..20).await.unwrap()[..],
         object(100)[10..20]
     );
-    assert_eq!(mem.stats().reads, 2);
-    assert_eq!(cached.disk_usage().0, 0);
+    // The version travels with the read (no side map of sizes that could forget it).
+    assert_eq!(mem.stats().reads, 1);
+    assert!(cached.disk_usage().0 > 0);
 }
 
 /// Unmounts a test tmpfs even when the test fails.
@@ -179,15 +171,27 @@ async fn a_full_disk_turns_the_cache_off_and_reads_go_on() {
     assert!(status.success(), "mounting a tmpfs needs root");
     let _tmpfs = Tmpfs(dir.path().to_path_buf());
     let data = object(4 << 20);
-    let (cached, _mem, etag) = setup(dir.path(), 1 << 30, data.len()).await;
+    let (cached, mem, meta) = setup(dir.path(), 1 << 30, data.len()).await;
     for i in 0..4 {
         let range = i * CHUNK..(i + 1) * CHUNK;
-        let got = cached.read("obj", &etag, range.clone()).await.unwrap();
+        let got = cached.read(&meta, range.clone()).await.unwrap();
         assert_eq!(got[..], data[range.start as usize..range.end as usize]);
     }
     assert!(
         !cached.disk_usage().1,
         "the disk cache is still on with a full disk"
+    );
+    // Off, it fetches what is asked and nothing ahead (that would be thrown away).
+    mem.reset_stats();
+    for i in 4..16 {
+        let range = i * CHUNK..i * CHUNK + 1000;
+        let got = cached.read(&meta, range.clone()).await.unwrap();
+        assert_eq!(got[..], data[range.start as usize..range.end as usize]);
+    }
+    assert_eq!(
+        mem.stats().bytes,
+        12 * 1000,
+        "bytes fetched with the cache off"
     );
 }
 
@@ -195,7 +199,7 @@ async fn a_full_disk_turns_the_cache_off_and_reads_go_on() {
 async fn overlapping_spans_fetch_each_chunk_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = object((16 * CHUNK) as usize);
-    let (cached, mem, etag) = setup(dir.path(), 1 << 30, data.len()).await;
+    let (cached, mem, meta) = setup(dir.path(), 1 << 30, data.len()).await;
     mem.set_delay(Duration::from_millis(100));
     // A foreground reader and a readahead covering overlapping runs of chunks, at once.
     let ranges = [
@@ -208,8 +212,8 @@ async fn overlapping_spans_fetch_each_chunk_once() {
         .iter()
         .cloned()
         .map(|r| {
-            let (cached, etag) = (cached.clone(), etag.clone());
-            tokio::spawn(async move { (r.clone(), cached.read("obj", &etag, r).await.unwrap()) })
+            let (cached, meta) = (cached.clone(), meta.clone());
+            tokio::spawn(async move { (r.clone(), cached.read(&meta, r).await.unwrap()) })
         })
         .collect();
     for reader in readers {
@@ -246,8 +250,8 @@ async fn racing_writers_of_one_chunk_keep_the_cache_on() {
         for cache in &caches {
             let cache = cache.clone();
             tasks.push(tokio::spawn(async move {
-                let etag = cache.head("obj").await.unwrap().etag;
-                cache.read("obj", &etag, 0..4 * CHUNK).await.unwrap();
+                let meta = cache.head("obj").await.unwrap();
+                cache.read(&meta, 0..4 * CHUNK).await.unwrap();
                 cache.disk_usage().1
             }));
         }
@@ -264,14 +268,11 @@ async fn racing_writers_of_one_chunk_keep_the_cache_on() {
 async fn a_sequential_reader_gets_chunks_fetched_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let data = object((64 * CHUNK) as usize);
-    let (cached, mem, etag) = setup(dir.path(), 1 << 30, data.len()).await;
+    let (cached, mem, meta) = setup(dir.path(), 1 << 30, data.len()).await;
     // Small reads walking forward through the object, as `cat` of files in image order does.
     let mut offset = 0;
     while offset < data.len() as u64 {
-        let got = cached
-            .read("obj", &etag, offset..offset + 1000)
-            .await
-            .unwrap();
+        let got = cached.read(&meta, offset..offset + 1000).await.unwrap();
         assert_eq!(got[..], data[offset as usize..offset as usize + 1000]);
         offset += CHUNK / 2;
     }

@@ -124,14 +124,9 @@ impl Store for CountingStore {
         self.inner.head(key).await
     }
 
-    async fn read(
-        &self,
-        key: &str,
-        etag: &str,
-        range: Range<u64>,
-    ) -> autosquash_core::Result<Bytes> {
+    async fn read(&self, object: &ObjectMeta, range: Range<u64>) -> autosquash_core::Result<Bytes> {
         bump(&self.io.requests, 1);
-        let data = self.inner.read(key, etag, range).await?;
+        let data = self.inner.read(object, range).await?;
         bump(&self.io.bytes, data.len() as u64);
         Ok(data)
     }

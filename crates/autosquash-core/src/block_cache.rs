@@ -30,6 +30,10 @@ pub(crate) struct Key {
     pub image: u64,
     pub kind: Kind,
     pub pos: u64,
+    /// For data and fragment blocks, the stored size word (length and raw flag): a hostile
+    /// image may describe one position twice in different ways, and each description must
+    /// get its own decoded value (0 for the other kinds).
+    pub word: u32,
 }
 
 #[derive(Clone)]
@@ -154,6 +158,7 @@ impl BlockCache {
             image: namespace,
             kind: Kind::Object,
             pos: index,
+            word: 0,
         };
         match self
             .get_or_insert_async(&key, async { fetch.await.map(Value::Block) })

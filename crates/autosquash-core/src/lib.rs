@@ -14,5 +14,5 @@ pub mod store;
 
 pub use block_cache::BlockCache;
 pub use error::{Error, Result};
-pub use squashfs::{DirEntry, FileKind, Image, Inode};
+pub use squashfs::{DirEntry, FileKind, Image, Inode, Walked};
 pub use store::{CountingStore, DirStore, MemStore, ObjectMeta, Store, StoreCounters};

@@ -57,6 +57,18 @@ async fn crafted_hostile_images_fail_cleanly() {
     );
 }
 
+/// Inputs found outside the tests (by fuzzing), each a regression case: an error, no panic.
+#[tokio::test]
+async fn images_found_by_fuzzing_fail_cleanly() {
+    for (name, bytes) in hostile::found() {
+        let outcome = tokio::spawn(walk(bytes.to_vec()))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: panicked: {e}"));
+        let message = outcome.expect_err(name);
+        println!("{name:32} {message}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_mutations_of_the_corpus_never_panic_or_hang() {
     let corpus = common::corpus();

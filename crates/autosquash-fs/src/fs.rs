@@ -13,11 +13,50 @@
 use crate::error::{FsError, FsResult};
 use autosquash_core::{BlockCache, FileKind, Image, Inode, ObjectMeta, Store};
 use bytes::Bytes;
+use futures::FutureExt;
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
+
+/// Panics caught in engine calls since the daemon started: each one is a bug (data from
+/// outside must give an error, never a panic), answered EIO and shown in `status`.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Panics caught so far (see [`PANICS`]).
+pub fn panics() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
+
+/// Counts and logs a panic caught in a request for image `m`: the first per mount at error
+/// level with the image and key, the rest at debug level (a hostile image may cause many).
+fn caught_panic(m: &Mounted, payload: Box<dyn std::any::Any + Send>) -> FsError {
+    PANICS.fetch_add(1, Ordering::Relaxed);
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    if !m.panicked.swap(true, Ordering::Relaxed) {
+        error!(image = %m.name, key = %m.image.meta().key, panic = %message, "bug: a request panicked; answered EIO");
+    } else {
+        debug!(image = %m.name, panic = %message, "request panicked");
+    }
+    FsError::Io(format!("internal error on image {}", m.name))
+}
+
+/// Runs an async engine call for `m`, turning a panic into an error (see [`caught_panic`]).
+async fn guarded<T>(
+    m: &Mounted,
+    call: impl Future<Output = autosquash_core::Result<T>>,
+) -> Result<autosquash_core::Result<T>, FsError> {
+    AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .map_err(|p| caught_panic(m, p))
+}
 
 /// The FUSE root's inode number.
 pub const ROOT_INO: u64 = 1;
@@ -97,6 +136,8 @@ struct Mounted {
     /// The object changed or vanished: retire as soon as no file is open.
     outdated: AtomicBool,
     retired: AtomicBool,
+    /// A request on this mount panicked (logged once).
+    panicked: AtomicBool,
 }
 
 impl Drop for Mounted {
@@ -206,14 +247,14 @@ fn now_secs() -> u32 {
 
 /// Fetches `range` of a file into the cache in the background, in parallel parts. Errors are
 /// ignored: the read that needs the data will fetch it again and report them.
-fn prefetch(image: &Arc<Image>, inode: &Arc<Inode>, range: std::ops::Range<u64>) {
+fn prefetch(m: &Arc<Mounted>, inode: &Arc<Inode>, range: std::ops::Range<u64>) {
     let end = range.end.min(inode.size);
     let mut part = range.start;
     while part < end {
         let len = READAHEAD_PART.min(end - part);
-        let (image, inode) = (image.clone(), inode.clone());
+        let (m, inode) = (m.clone(), inode.clone());
         tokio::spawn(async move {
-            let _ = image.read(&inode, part, len as usize).await;
+            let _ = guarded(&m, m.image.read(&inode, part, len as usize)).await;
         });
         part += len;
     }
@@ -370,7 +411,9 @@ impl AutoFs {
         (state.mounted.len(), state.slots.len())
     }
 
-    /// Mounts the current version of `name`, or returns its existing mount.
+    /// Mounts the current version of `name`, or returns its existing mount, with one kernel
+    /// reference already counted: counted under the state lock that hands the mount out, so
+    /// [`AutoFs::expire`] can never free its slot between the mount and the kernel's lookup.
     async fn mount(&self, name: &str) -> FsResult<Arc<Mounted>> {
         match self.current(name) {
             Ok(Some(m)) => return Ok(m),
@@ -426,7 +469,21 @@ impl AutoFs {
     }
 
     async fn open_version(&self, name: &str, meta: ObjectMeta) -> FsResult<Arc<Mounted>> {
-        let image = match Image::open(self.store.clone(), meta.clone(), self.cache.clone()).await {
+        let opened = AssertUnwindSafe(Image::open(
+            self.store.clone(),
+            meta.clone(),
+            self.cache.clone(),
+        ))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            PANICS.fetch_add(1, Ordering::Relaxed);
+            error!(image = %name, key = %meta.key, "bug: opening the image panicked; answered EIO");
+            Err(autosquash_core::Error::Corrupt(
+                "the engine panicked opening it".into(),
+            ))
+        });
+        let image = match opened {
             Ok(image) => image,
             Err(e) => {
                 if self.warning_due(name) {
@@ -457,12 +514,14 @@ impl AutoFs {
             slot,
             name: name.to_owned(),
             image,
-            lookups: AtomicU64::new(0),
+            // The lookup that mounts it (see `mount`).
+            lookups: AtomicU64::new(1),
             open_files: AtomicU64::new(0),
             last_used: AtomicU64::new(self.now_ms()),
             mounted_at: self.now_ms(),
             outdated: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
         });
         info!(image = %name, slot, etag = %meta.etag, "image mounted");
         state.failures_logged.remove(name);
@@ -471,10 +530,12 @@ impl AutoFs {
         Ok(m)
     }
 
-    /// The existing mount of `name`; an error if its current version is known to be broken.
+    /// The existing mount of `name` with one more kernel reference counted; an error if its
+    /// current version is known to be broken.
     fn current(&self, name: &str) -> FsResult<Option<Arc<Mounted>>> {
         let state = self.state();
         if let Some(m) = state.mounted.get(name) {
+            m.lookups.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(m.clone()));
         }
         let object = state.images.get(name).ok_or(FsError::NotFound)?;
@@ -499,8 +560,20 @@ impl AutoFs {
     fn resolve(&self, ino: u64) -> FsResult<(Arc<Mounted>, Arc<Inode>)> {
         let (slot, sq) = split(ino);
         let m = self.slot(slot)?;
-        let inode = m.image.inode(sq).map_err(|e| self.fail(&m, e))?;
+        let inode = self.engine(&m, || m.image.inode(sq))?;
         Ok((m, inode))
+    }
+
+    /// Runs a synchronous engine call for `m`: an error is logged where it is answered, a
+    /// panic is caught (see [`caught_panic`]).
+    fn engine<T>(
+        &self,
+        m: &Mounted,
+        call: impl FnOnce() -> autosquash_core::Result<T>,
+    ) -> FsResult<T> {
+        std::panic::catch_unwind(AssertUnwindSafe(call))
+            .map_err(|p| caught_panic(m, p))?
+            .map_err(|e| self.fail(m, e))
     }
 
     /// Logs an engine error, with the image, where it is answered.
@@ -562,17 +635,24 @@ impl AutoFs {
         let (m, inode) = if parent == ROOT_INO {
             let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
             let m = self.mount(name).await?;
-            let root = m.image.root().map_err(|e| self.fail(&m, e))?;
-            (m, root)
+            match self.engine(&m, || m.image.root()) {
+                Ok(root) => (m, root),
+                Err(e) => {
+                    // The kernel takes no reference on a failed lookup.
+                    m.lookups.fetch_sub(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
         } else {
             let (m, dir) = self.resolve(parent)?;
             if !dir.is_dir() {
                 return Err(FsError::NotDir);
             }
-            let child = m.image.lookup(&dir, name).map_err(|e| self.fail(&m, e))?;
-            (m, child.ok_or(FsError::NotFound)?)
+            let child = self.engine(&m, || m.image.lookup(&dir, name))?;
+            let child = child.ok_or(FsError::NotFound)?;
+            m.lookups.fetch_add(1, Ordering::Relaxed);
+            (m, child)
         };
-        m.lookups.fetch_add(1, Ordering::Relaxed);
         self.touch(&m);
         Ok(self.attr_of(&m, &inode))
     }
@@ -641,7 +721,7 @@ impl AutoFs {
             };
             items.push(dot(ino, b".", 1));
             items.push(dot(parent, b"..", 2));
-            let listing = m.image.listing(&dir).map_err(|e| self.fail(&m, e))?;
+            let listing = self.engine(&m, || m.image.listing(&dir))?;
             for (i, entry) in listing
                 .iter()
                 .enumerate()
@@ -705,11 +785,10 @@ impl AutoFs {
         };
         self.touch(&m);
         if let Some(range) = ahead.filter(|r| r.start < inode.size) {
-            prefetch(&m.image, &inode, range);
+            prefetch(&m, &inode, range);
         }
-        m.image
-            .read(&inode, offset, size as usize)
-            .await
+        guarded(&m, m.image.read(&inode, offset, size as usize))
+            .await?
             .map_err(|e| self.fail(&m, e))
     }
 
@@ -720,17 +799,13 @@ impl AutoFs {
         }
     }
 
-    /// The value of extended attribute `name`.
+    /// The value of extended attribute `name` (only that value is decoded).
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         if ino == ROOT_INO {
             return Err(FsError::NoXattr);
         }
         let (m, inode) = self.resolve(ino)?;
-        let xattrs = m.image.xattrs(&inode).map_err(|e| self.fail(&m, e))?;
-        xattrs
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
+        self.engine(&m, || m.image.xattr(&inode, name))?
             .ok_or(FsError::NoXattr)
     }
 
@@ -740,9 +815,8 @@ impl AutoFs {
             return Ok(Vec::new());
         }
         let (m, inode) = self.resolve(ino)?;
-        let xattrs = m.image.xattrs(&inode).map_err(|e| self.fail(&m, e))?;
         let mut out = Vec::new();
-        for (name, _) in xattrs {
+        for name in self.engine(&m, || m.image.xattr_names(&inode))? {
             out.extend_from_slice(&name);
             out.push(0);
         }
@@ -808,8 +882,11 @@ impl crate::tree::Tree for AutoFs {
     async fn refresh(&self) -> autosquash_core::Result<()> {
         AutoFs::refresh(self).await
     }
-    fn expire(&self) -> Vec<String> {
+    fn expire(&self) -> Vec<(u64, Vec<u8>)> {
         AutoFs::expire(self)
+            .into_iter()
+            .map(|name| (ROOT_INO, name.into_bytes()))
+            .collect()
     }
     fn describe(&self) -> String {
         format!("{}/{}", self.store.describe(), self.config.prefix)

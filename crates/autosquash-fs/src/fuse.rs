@@ -436,23 +436,24 @@ pub struct Mount {
     pub mountpoint: PathBuf,
 }
 
-/// Tells the kernel to forget entries of a mount's root.
+/// Tells the kernel to forget entries of a mount.
 #[derive(Clone)]
 pub struct Invalidator {
     notifier: fuser::Notifier,
 }
 
 impl Invalidator {
-    /// Asks the kernel to drop its dentry of image `name` under the root.
-    pub fn entry(&self, name: &str) {
+    /// Asks the kernel to drop its dentry of `name` in directory `parent`.
+    pub fn entry(&self, parent: u64, name: &[u8]) {
+        let shown = String::from_utf8_lossy(name);
         match self
             .notifier
-            .inval_entry(INodeNo(ROOT_INO), OsStr::new(name))
+            .inval_entry(INodeNo(parent), OsStr::from_bytes(name))
         {
-            Ok(()) => debug!(image = name, "dentry invalidated"),
+            Ok(()) => debug!(parent, name = %shown, "dentry invalidated"),
             // ENOENT: the kernel had no such dentry; nothing to do.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => warn!(image = name, error = %e, "cannot invalidate dentry"),
+            Err(e) => warn!(parent, name = %shown, error = %e, "cannot invalidate dentry"),
         }
     }
 }

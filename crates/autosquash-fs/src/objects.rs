@@ -2,6 +2,10 @@
 //! from the `/` in keys, the way users read single large files (reference genomes) without
 //! putting them in an image. Reads are ranged GETs of 1 MiB chunks pinned to the ETag,
 //! through the shared cache (single-flight), with sequential readahead.
+//!
+//! Versions never mix: a file's inode number belongs to one (key, ETag), so a replaced object
+//! is a new inode with no page cache, and the kernel is told to drop the old name's dentry.
+//! A file still open on the old version keeps its inode and reads that version (pinned).
 
 use crate::error::{FsError, FsResult};
 use crate::fs::{Attr, DirItem, FsStat, ROOT_INO};
@@ -30,6 +34,7 @@ enum Node {
 }
 
 struct Handle {
+    ino: u64,
     meta: ObjectMeta,
     namespace: u64,
     /// Where the last read ended, to detect sequential access.
@@ -39,13 +44,16 @@ struct Handle {
 #[derive(Default)]
 struct State {
     nodes: HashMap<u64, Node>,
-    /// Paths keep their inode number across refreshes; numbers are never reused.
+    /// Directories keep their inode number across refreshes, files as long as their version
+    /// does not change; numbers are never reused.
     inos: HashMap<String, u64>,
     next_ino: u64,
     /// One cache namespace per object version.
     namespaces: HashMap<(String, String), u64>,
     handles: HashMap<u64, Arc<Handle>>,
     next_handle: u64,
+    /// (parent, name) whose file changed version, for the kernel to drop (see `expire`).
+    changed: Vec<(u64, Vec<u8>)>,
 }
 
 pub struct ObjectFs {
@@ -112,7 +120,7 @@ impl ObjectFs {
 async fn chunk(store: &dyn Store, cache: &BlockCache, h: &Handle, index: u64) -> FsResult<Bytes> {
     let start = index * CHUNK;
     let end = (start + CHUNK).min(h.meta.size);
-    let fetch = store.read(&h.meta.key, &h.meta.etag, start..end);
+    let fetch = store.read(&h.meta, start..end);
     cache
         .object_chunk(h.namespace, index, fetch)
         .await
@@ -210,6 +218,7 @@ impl crate::tree::Tree for ObjectFs {
         state.handles.insert(
             fh,
             Arc::new(Handle {
+                ino,
                 meta,
                 namespace,
                 next: AtomicU64::new(0),
@@ -283,8 +292,10 @@ impl crate::tree::Tree for ObjectFs {
     async fn refresh(&self) -> autosquash_core::Result<()> {
         let objects = self.store.list(&self.config.prefix).await?;
         let mut state = self.state();
+        let state = &mut *state;
         let mut nodes: HashMap<u64, Node> = HashMap::new();
         nodes.insert(ROOT_INO, Node::Dir(BTreeMap::new()));
+        let mut inos = HashMap::new();
         for object in objects {
             let Some(rel) = object.key.strip_prefix(&self.config.prefix) else {
                 continue;
@@ -298,16 +309,26 @@ impl crate::tree::Tree for ObjectFs {
                 path.push('/');
                 path.push_str(part);
                 let is_file = i + 1 == parts.len();
-                let state = &mut *state;
-                let ino = *state
-                    .inos
-                    .entry(format!("{}{path}", if is_file { "f" } else { "d" }))
-                    .or_insert_with(|| {
-                        state.next_ino += 1;
-                        state.next_ino - 1
-                    });
+                // A file's number is its version's: NUL cannot occur in a key.
+                let id = match is_file {
+                    true => format!("f{path}\0{}", object.etag),
+                    false => format!("d{path}"),
+                };
+                let ino = *state.inos.entry(id.clone()).or_insert_with(|| {
+                    state.next_ino += 1;
+                    state.next_ino - 1
+                });
+                inos.insert(id, ino);
                 if let Some(Node::Dir(children)) = nodes.get_mut(&dir) {
-                    children.entry(part.as_bytes().to_vec()).or_insert(ino);
+                    let name = part.as_bytes();
+                    let shown = children.entry(name.to_vec()).or_insert(ino);
+                    let before = match state.nodes.get(&dir) {
+                        Some(Node::Dir(old)) => old.get(name).copied(),
+                        _ => None,
+                    };
+                    if before.is_some_and(|b| b != *shown) {
+                        state.changed.push((dir, name.to_vec()));
+                    }
                 }
                 if is_file {
                     let version = (object.key.clone(), object.etag.clone());
@@ -326,12 +347,27 @@ impl crate::tree::Tree for ObjectFs {
                 }
             }
         }
+        // Files open on a version that is gone keep their inode (getattr on an open file).
+        for h in state.handles.values() {
+            nodes
+                .entry(h.ino)
+                .or_insert_with(|| Node::File(h.meta.clone(), h.namespace));
+        }
+        let versions: std::collections::HashSet<(String, String)> = nodes
+            .values()
+            .filter_map(|n| match n {
+                Node::File(meta, _) => Some((meta.key.clone(), meta.etag.clone())),
+                Node::Dir(_) => None,
+            })
+            .collect();
+        state.namespaces.retain(|v, _| versions.contains(v));
+        state.inos = inos;
         state.nodes = nodes;
         Ok(())
     }
 
-    fn expire(&self) -> Vec<String> {
-        Vec::new()
+    fn expire(&self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut self.state().changed)
     }
 
     fn describe(&self) -> String {

@@ -24,9 +24,9 @@ pub trait Tree: Send + Sync + 'static {
     fn statfs(&self, ino: u64) -> FsResult<FsStat>;
     /// Re-lists the store.
     async fn refresh(&self) -> autosquash_core::Result<()>;
-    /// Periodic housekeeping; returns names under the root whose dentries the kernel should
-    /// drop.
-    fn expire(&self) -> Vec<String>;
+    /// Periodic housekeeping; returns the (parent inode, name) entries whose dentries the
+    /// kernel should drop.
+    fn expire(&self) -> Vec<(u64, Vec<u8>)>;
     /// For the mount's fsname and logs.
     fn describe(&self) -> String;
     /// A JSON-ready snapshot for `autosquash status`.

@@ -333,7 +333,8 @@ impl Store for S3Store {
         })
     }
 
-    async fn read(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes> {
+    async fn read(&self, object: &ObjectMeta, range: Range<u64>) -> Result<Bytes> {
+        let (key, etag) = (object.key.as_str(), object.etag.as_str());
         if range.is_empty() {
             return Ok(Bytes::new());
         }

@@ -87,10 +87,12 @@ const LDIR_INDEX_COUNT: usize = 32; // u16
 const LDIR_OFFSET: usize = 34; // u16
 const FILE_BLOCKS_START: usize = 16;
 const FILE_FRAG: usize = 20;
+const FILE_FRAG_OFFSET: usize = 24;
 const FILE_SIZE: usize = 28;
 const FILE_BLOCKS: usize = 32;
 const LFILE_SIZE: usize = 24; // u64
 const LFILE_FRAG: usize = 44;
+const LFILE_XATTR: usize = 52;
 const LFILE_BLOCKS: usize = 56;
 const SYMLINK_SIZE: usize = 20;
 
@@ -771,6 +773,15 @@ const GZIP: &str = "gzip (compressed metadata and data, 4 KiB blocks)";
 const BOMB: &str = "bomb base (gzip data, uncompressed metadata, one 128 KiB block)";
 
 /// Crafted hostile images. `work` is a scratch directory for mksquashfs runs.
+/// Images found outside the tests (the fuzzer's crash inputs), kept as regression cases:
+/// `(name, bytes)`. Each must give an error, not a panic.
+pub fn found() -> Vec<(&'static str, &'static [u8])> {
+    vec![(
+        "crash-shared-block",
+        include_bytes!("../fixtures/crash-shared-block.squash"),
+    )]
+}
+
 pub fn crafted(work: &Path) -> Vec<Hostile> {
     craft(work).items.into_iter().map(|(h, _)| h).collect()
 }
@@ -808,6 +819,7 @@ fn craft(work: &Path) -> Crafted {
     bombs(&mut c, &plain, &bomb);
     inode_lies(&mut c, &plain);
     directory_lies(&mut c, &plain);
+    shared_structures(&mut c, &plain);
     c.add(
         None,
         "deep-3000",
@@ -1268,6 +1280,88 @@ fn inode_lies(c: &mut Crafted, img: &Image) {
         "fragment table entry starting past the end of the image",
         img.with(|b| meta.patch(b, 0, &(len + MIB as u64).to_le_bytes())),
     );
+}
+
+/// Structures that two inodes share but describe differently: each inode alone may look
+/// fine, so the engine must check what it finds in its cache against what *this* inode
+/// expects, and bound work that is multiplied by sharing.
+fn shared_structures(c: &mut Crafted, img: &Image) {
+    // a.txt and dir/sub/f.txt share fragment block 0 (a few hundred bytes of tails). f.txt
+    // claims its 30 bytes start at offset 4000 of it: the fragment block is cached (by a.txt)
+    // by the time f.txt is read.
+    let f = img.inode("dir/sub/f.txt");
+    assert_eq!(f.kind, T_FILE);
+    assert_eq!(get32(&img.inode_meta.data, f.pos + FILE_FRAG), 0);
+    c.add(
+        Some(PLAIN),
+        "shared-fragment-offset-past-end",
+        "dir/sub/f.txt's tail lies at offset 4000 of the fragment block a.txt read first",
+        img.with_inode("dir/sub/f.txt", FILE_FRAG_OFFSET, &4000u32.to_le_bytes()),
+    );
+    c.add(
+        Some(PLAIN),
+        "xattr-bomb-shared-value",
+        "65536 xattrs on hard1, all out of line and pointing at one 64 KiB value (4 GiB decoded)",
+        xattr_bomb(img),
+    );
+}
+
+/// An xattr table appended to `img`: one 64 KiB value, then 65536 entries on one id, each an
+/// out-of-line reference to that value; `hard1` (an extended inode) gets xattr id 0. The
+/// metadata blocks are zlib-compressed, so the image stays small.
+fn xattr_bomb(img: &Image) -> Vec<u8> {
+    assert_eq!(img.inode("hard1").kind, T_LFILE);
+    let mut b = img.with_inode("hard1", LFILE_XATTR, &0u32.to_le_bytes());
+    b.truncate(usize_of(img.sb64(SB_BYTES_USED)));
+    let mut kv = Vec::new();
+    kv.extend_from_slice(&65536u32.to_le_bytes());
+    kv.extend(std::iter::repeat_n(b'v', 65536));
+    let first_entry = kv.len();
+    for i in 0..65536u32 {
+        let name = format!("{:04x}", i % 0x1_0000);
+        kv.extend_from_slice(&0x100u16.to_le_bytes()); // user., value out of line
+        kv.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        kv.extend_from_slice(name.as_bytes());
+        kv.extend_from_slice(&8u32.to_le_bytes());
+        kv.extend_from_slice(&0u64.to_le_bytes()); // the value at block 0, offset 0
+    }
+    let kv_start = b.len() as u64;
+    let kv_blocks = append_meta_blocks(&mut b, &kv);
+    let reference =
+        |off: usize| (kv_blocks[off / META_BLOCK_MAX] << 16) | (off % META_BLOCK_MAX) as u64;
+    let mut id = Vec::new();
+    id.extend_from_slice(&reference(first_entry).to_le_bytes());
+    id.extend_from_slice(&65536u32.to_le_bytes());
+    id.extend_from_slice(&((kv.len() - first_entry) as u32).to_le_bytes());
+    let id_start = b.len() as u64;
+    append_meta_blocks(&mut b, &id);
+    let header = b.len() as u64;
+    b.extend_from_slice(&kv_start.to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&id_start.to_le_bytes());
+    let end = b.len() as u64;
+    put64(&mut b, SB_XATTR_TABLE, header);
+    put64(&mut b, SB_BYTES_USED, end);
+    b
+}
+
+/// Appends `stream` as zlib-compressed metadata blocks; returns each block's position relative
+/// to the first.
+fn append_meta_blocks(b: &mut Vec<u8>, stream: &[u8]) -> Vec<u64> {
+    use std::io::Write;
+    let start = b.len();
+    let mut positions = Vec::new();
+    for block in stream.chunks(META_BLOCK_MAX) {
+        positions.push((b.len() - start) as u64);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(block).expect("compress");
+        let packed = z.finish().expect("compress");
+        assert!(packed.len() < META_BLOCK_MAX);
+        b.extend_from_slice(&(packed.len() as u16).to_le_bytes());
+        b.extend_from_slice(&packed);
+    }
+    positions
 }
 
 fn directory_lies(c: &mut Crafted, img: &Image) {

@@ -24,6 +24,7 @@ impl Image {
             image: self.id,
             kind: Kind::Listing,
             pos: u64::from(dir.ino),
+            word: 0,
         };
         match self
             .cache

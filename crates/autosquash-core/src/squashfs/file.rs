@@ -35,35 +35,45 @@ impl Image {
         }
         let bs = u64::from(self.sb.block_size);
         let (first, last) = (offset / bs, (end - 1) / bs);
-        let mut blocks = Vec::with_capacity((last - first + 1) as usize);
+        let mut blocks = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
         for i in first..=last {
             blocks.push(self.locate(inode, file, i)?);
         }
         let data = self.fetch_blocks(&blocks).await?;
-        // The slice of each block that falls inside offset..end.
-        let piece = |n: usize, (block, data): (&Block, &Bytes)| {
-            let block_start = (first + n as u64) * bs;
-            let from = offset.saturating_sub(block_start) as usize;
-            let to = ((end - block_start) as usize).min(bs as usize);
-            let base = if block.kind == Kind::Fragment {
-                self.fragment_offset(file)
-            } else {
-                0
+        // The part of each block that falls inside offset..end. Every block's length was
+        // checked against what this inode expects, so the range is in bounds; it is checked
+        // again rather than trusted, since a slice out of bounds would panic.
+        let piece = |n: u64, block: &Block, data: &Bytes| -> Result<Bytes> {
+            let block_start = (first + n) * bs;
+            let from = offset.saturating_sub(block_start);
+            let to = (end - block_start).min(bs);
+            let base = match block.kind {
+                Kind::Fragment => u64::from(self.fragment_offset(file)),
+                _ => 0,
             };
-            data.slice(base + from..base + to)
+            let range = (base + from) as usize..(base + to) as usize;
+            if range.end > data.len() {
+                return Err(Error::corrupt(format!(
+                    "block at {} holds {} bytes, {} needed",
+                    block.pos,
+                    data.len(),
+                    range.end
+                )));
+            }
+            Ok(data.slice(range))
         };
-        if blocks.len() == 1 {
-            return Ok(piece(0, (&blocks[0], &data[0])));
+        if let ([block], [data]) = (&blocks[..], &data[..]) {
+            return piece(0, block, data);
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for (n, pair) in blocks.iter().zip(data.iter()).enumerate() {
-            out.extend_from_slice(&piece(n, pair));
+        for (n, (block, data)) in blocks.iter().zip(&data).enumerate() {
+            out.extend_from_slice(&piece(n as u64, block, data)?);
         }
         Ok(out.freeze())
     }
 
-    fn fragment_offset(&self, file: &FileBody) -> usize {
-        file.fragment.map_or(0, |(_, offset)| offset as usize)
+    fn fragment_offset(&self, file: &FileBody) -> u32 {
+        file.fragment.map_or(0, |(_, offset)| offset)
     }
 
     /// Where block `i` of a file is stored and how long it must decompress to.
@@ -109,18 +119,19 @@ impl Image {
         })
     }
 
-    /// The decompressed contents of `blocks`, in order.
+    /// The decompressed contents of `blocks`, in order. Whether a block comes from the
+    /// cache, from a lone fetch or from a run, it passes [`Image::checked`].
     async fn fetch_blocks(&self, blocks: &[Block]) -> Result<Vec<Bytes>> {
-        let mut out: Vec<Option<Bytes>> = blocks
-            .iter()
-            .map(|b| match b.stored {
-                0 => Some(Bytes::from_static(&ZEROS[..b.len])),
+        let mut out: Vec<Option<Bytes>> = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            out.push(match b.stored {
+                0 => Some(zeros(b.len)?),
                 _ => match self.cache.get(&self.key(b)) {
-                    Some(Value::Block(data)) => Some(data),
-                    _ => None,
+                    Some(value) => Some(self.checked(b, value)?),
+                    None => None,
                 },
-            })
-            .collect();
+            });
+        }
         // Runs of missing blocks that are contiguous in the image: one read each.
         let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
         for i in (0..blocks.len()).filter(|&i| out[i].is_none()) {
@@ -150,11 +161,14 @@ impl Image {
             .collect()
     }
 
+    /// The cache key of a block: its position and its stored size word, so that two inodes
+    /// describing one position differently never share a decoded value.
     fn key(&self, block: &Block) -> Key {
         Key {
             image: self.id,
             kind: block.kind,
             pos: block.pos,
+            word: block.stored | if block.raw { 1 << 24 } else { 0 },
         }
     }
 
@@ -167,10 +181,7 @@ impl Image {
                     self.decode(block, &raw).map(Value::Block)
                 })
                 .await?;
-            return match value {
-                Value::Block(data) => self.check_len(block, data).map(|d| vec![d]),
-                _ => Err(Error::corrupt("block cache entry of the wrong kind")),
-            };
+            return self.checked(block, value).map(|d| vec![d]);
         }
         let start = run[0].pos;
         let total: u64 = run.iter().map(|b| u64::from(b.stored)).sum();
@@ -178,10 +189,13 @@ impl Image {
         run.iter()
             .map(|block| {
                 let from = (block.pos - start) as usize;
-                let data = self.decode(block, &raw[from..from + block.stored as usize])?;
+                let stored = raw
+                    .get(from..from + block.stored as usize)
+                    .ok_or_else(|| Error::corrupt("block run shorter than its blocks"))?;
+                let data = self.decode(block, stored)?;
                 self.cache
                     .insert(self.key(block), Value::Block(data.clone()));
-                Ok(data)
+                self.checked(block, Value::Block(data))
             })
             .collect()
     }
@@ -193,26 +207,31 @@ impl Image {
                 "data block at {pos} lies outside the image"
             )));
         }
-        let meta = &self.meta;
-        let data = self.store.read(&meta.key, &meta.etag, pos..end).await?;
+        let data = self.store.read(&self.meta, pos..end).await?;
         if data.len() as u64 != len {
-            return Err(Error::store(&meta.key, "store returned a short read"));
+            return Err(Error::store(&self.meta.key, "store returned a short read"));
         }
         Ok(data)
     }
 
-    /// Decompresses one block and checks its length.
+    /// Decompresses one block (at most a block size: the length this inode expects is
+    /// checked by [`Image::checked`], which every path goes through).
     fn decode(&self, block: &Block, stored: &[u8]) -> Result<Bytes> {
+        if block.raw {
+            return Ok(Bytes::copy_from_slice(stored));
+        }
         let bs = self.sb.block_size as usize;
-        let data = if block.raw {
-            Bytes::copy_from_slice(stored)
-        } else {
-            Bytes::from(self.codec.decompress(stored, bs)?)
-        };
-        self.check_len(block, data)
+        Ok(Bytes::from(self.codec.decompress(stored, bs)?))
     }
 
-    fn check_len(&self, block: &Block, data: Bytes) -> Result<Bytes> {
+    /// The one check between a decoded block and its use: the block must have the length this
+    /// inode expects of it (exact for a data block; for a fragment block, at least the end of
+    /// this file's tail). Cached blocks are checked too: another inode may have put a block of
+    /// another length under the same key.
+    fn checked(&self, block: &Block, value: Value) -> Result<Bytes> {
+        let Value::Block(data) = value else {
+            return Err(Error::corrupt("block cache entry of the wrong kind"));
+        };
         let ok = match block.kind {
             Kind::Fragment => data.len() >= block.len,
             _ => data.len() == block.len,
@@ -227,4 +246,12 @@ impl Image {
         }
         Ok(data)
     }
+}
+
+/// `len` zeros for a sparse block (at most a block size, which is at most 1 MiB).
+fn zeros(len: usize) -> Result<Bytes> {
+    ZEROS
+        .get(..len)
+        .map(Bytes::from_static)
+        .ok_or_else(|| Error::corrupt(format!("sparse block of {len} bytes")))
 }

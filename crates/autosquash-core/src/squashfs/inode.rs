@@ -97,7 +97,8 @@ pub(crate) struct FileBody {
 }
 
 impl FileBody {
-    /// Stored position and length of block `i`, and whether it is stored raw.
+    /// Stored position and length of block `i` (`i < words.len()`, checked by the caller; the
+    /// checkpoints cover every 64th block by construction), and whether it is stored raw.
     pub fn block(&self, i: usize) -> (u64, u32, bool) {
         let chunk = i / CHECKPOINT_EVERY;
         let pos = self.checkpoints[chunk]
@@ -305,7 +306,10 @@ impl Image {
             if word & !0x01ff_ffff != 0 || (word & 0x00ff_ffff) > self.sb.block_size {
                 return Err(Error::corrupt(format!("block size word {word:#x}")));
             }
-            pos += u64::from(word & 0x00ff_ffff);
+            pos = pos
+                .checked_add(u64::from(word & 0x00ff_ffff))
+                .filter(|&end| end <= self.sb.bytes_used)
+                .ok_or_else(|| Error::corrupt("file blocks run past the end of the image"))?;
             words.push(word);
         }
         if pos > self.sb.bytes_used {

@@ -15,5 +15,11 @@ pub(crate) const MAX_SYMLINK: usize = 4095;
 /// Linux's own xattr limits.
 pub(crate) const MAX_XATTR_VALUE: usize = 65536;
 pub(crate) const MAX_XATTR_COUNT: u32 = 65536;
+/// The names of one inode's xattrs, as listxattr returns them (Linux's XATTR_LIST_MAX).
+pub(crate) const MAX_XATTR_NAMES: usize = 65536;
+/// Bytes of xattr entries decoded or skipped for one inode in one call: far above any real
+/// inode (a few capabilities and labels), and it stops entries that all share one large
+/// out-of-line value from multiplying it.
+pub(crate) const MAX_XATTR_BYTES: usize = 4 << 20;
 /// The speculative read of an image's tail at open, which holds every table of a typical image.
 pub(crate) const TAIL_READ: u64 = 1 << 20;

@@ -50,6 +50,7 @@ impl Image {
             image: self.id,
             kind: Kind::Metadata,
             pos,
+            word: 0,
         };
         let value = self.cache.get_or_insert_with(&key, || {
             let raw = self.tables.slice(pos + 2, stored)?;
@@ -105,7 +106,9 @@ impl Image {
     }
 }
 
-/// Reads consecutive bytes of metadata, crossing block boundaries as needed.
+/// Reads consecutive bytes of metadata, crossing block boundaries as needed. Cloning is cheap
+/// (the block is shared), so a position can be kept and read from later.
+#[derive(Clone)]
 pub(crate) struct MetaCursor<'a> {
     image: &'a Image,
     block: Bytes,
@@ -128,6 +131,22 @@ impl MetaCursor<'_> {
             out[done..done + n].copy_from_slice(&self.block[self.offset..self.offset + n]);
             done += n;
             self.offset += n;
+        }
+        Ok(())
+    }
+
+    /// Moves `n` bytes forward without copying them.
+    pub fn skip(&mut self, mut n: usize) -> Result<()> {
+        while n > 0 {
+            if self.offset == self.block.len() {
+                let (block, next) = self.image.metadata_block(self.next)?;
+                self.block = block;
+                self.next = next;
+                self.offset = 0;
+            }
+            let step = (self.block.len() - self.offset).min(n);
+            self.offset += step;
+            n -= step;
         }
         Ok(())
     }

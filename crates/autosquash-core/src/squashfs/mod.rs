@@ -12,10 +12,12 @@ mod le;
 mod limits;
 mod metadata;
 mod superblock;
+mod walk;
 mod xattr;
 
 pub use dir::DirEntry;
 pub use inode::{FileKind, Inode};
+pub use walk::{Walk, Walked};
 
 use crate::block_cache::{BlockCache, Key, Kind, Value};
 use crate::error::{Error, Result};
@@ -72,29 +74,44 @@ impl Image {
         if size < superblock::SIZE as u64 {
             return Err(Error::corrupt(format!("image is only {size} bytes")));
         }
-        let read = |range: std::ops::Range<u64>| store.read(&meta.key, &meta.etag, range);
+        let read = |range: std::ops::Range<u64>| store.read(&meta, range);
         let tail_start = size.saturating_sub(TAIL_READ);
         let (head, tail) = if tail_start <= superblock::SIZE as u64 {
             let all = read(0..size).await?;
+            if all.len() < superblock::SIZE {
+                return Err(Error::store(&meta.key, "store returned a short read"));
+            }
             (all.slice(..superblock::SIZE), all)
         } else {
             tokio::try_join!(read(0..superblock::SIZE as u64), read(tail_start..size))?
         };
-        let tail_start = size - tail.len() as u64;
+        let tail_start = size
+            .checked_sub(tail.len() as u64)
+            .ok_or_else(|| Error::store(&meta.key, "store returned a long read"))?;
         let sb = Superblock::parse(&head, size)?;
-        let start = sb.inode_table;
+        // The tables are start..bytes_used: from the tail read where it covers them, the rest
+        // in one more read (an image may also end in padding past bytes_used).
+        let (start, end) = (sb.inode_table, sb.bytes_used);
+        let from_tail = |from: u64| {
+            tail.get((from - tail_start) as usize..(end - tail_start) as usize)
+                .ok_or_else(|| Error::corrupt("tables outside the image"))
+        };
         let tables = if start >= tail_start {
-            let from = (start - tail_start) as usize;
             // A copy: a slice would keep the whole 1 MiB tail (mostly file data) alive for as
             // long as the image is mounted.
-            Bytes::copy_from_slice(&tail[from..(sb.bytes_used - tail_start) as usize])
+            Bytes::copy_from_slice(from_tail(start)?)
         } else {
-            let rest = read(start..tail_start).await?;
-            let mut all = BytesMut::with_capacity((sb.bytes_used - start) as usize);
+            let rest = read(start..end.min(tail_start)).await?;
+            let mut all = BytesMut::with_capacity((end - start) as usize);
             all.extend_from_slice(&rest);
-            all.extend_from_slice(&tail[..(sb.bytes_used - tail_start) as usize]);
+            if end > tail_start {
+                all.extend_from_slice(from_tail(tail_start)?);
+            }
             all.freeze()
         };
+        if tables.len() as u64 != end - start {
+            return Err(Error::store(&meta.key, "store returned a short read"));
+        }
         let mut image = Image {
             id: BlockCache::namespace(),
             codec: Codec::from_id(sb.compressor)?,
@@ -230,6 +247,7 @@ impl Image {
             image: self.id,
             kind: Kind::Inode,
             pos: u64::from(ino),
+            word: 0,
         };
         let value = self.cache.get_or_insert_with(&key, || {
             let inode = self.decode_inode(inode_ref)?;

@@ -59,8 +59,8 @@ impl Store for CountingStore {
         result
     }
 
-    async fn read(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes> {
-        let result = self.inner.read(key, etag, range).await;
+    async fn read(&self, object: &ObjectMeta, range: Range<u64>) -> Result<Bytes> {
+        let result = self.inner.read(object, range).await;
         self.count(&result);
         if let Ok(data) = &result {
             self.counters

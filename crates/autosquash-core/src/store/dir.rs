@@ -179,7 +179,8 @@ impl Store for DirStore {
         Ok(object_meta(key.to_owned(), &meta))
     }
 
-    async fn read(&self, key: &str, etag_wanted: &str, range: Range<u64>) -> Result<Bytes> {
+    async fn read(&self, object: &ObjectMeta, range: Range<u64>) -> Result<Bytes> {
+        let (key, etag_wanted) = (object.key.as_str(), object.etag.as_str());
         let file = self.file(key, etag_wanted)?;
         let key = key.to_owned();
         let etag_wanted = etag_wanted.to_owned();
@@ -225,11 +226,8 @@ mod tests {
         assert_eq!(keys, ["a.squash", "sub/b"]);
         let meta = store.head("a.squash").await.unwrap();
         assert_eq!(meta.size, 10);
-        assert_eq!(
-            &store.read("a.squash", &meta.etag, 2..5).await.unwrap()[..],
-            b"234"
-        );
-        assert!(store.read("a.squash", &meta.etag, 5..11).await.is_err());
+        assert_eq!(&store.read(&meta, 2..5).await.unwrap()[..], b"234");
+        assert!(store.read(&meta, 5..11).await.is_err());
         assert!(matches!(
             store.head("../etc").await,
             Err(Error::InvalidKey(_))
@@ -242,22 +240,16 @@ mod tests {
         // readable through the kept descriptor.
         std::fs::write(dir.path().join("new"), b"abcdefghij").unwrap();
         std::fs::rename(dir.path().join("new"), dir.path().join("a.squash")).unwrap();
-        assert_eq!(
-            &store.read("a.squash", &meta.etag, 0..3).await.unwrap()[..],
-            b"012"
-        );
+        assert_eq!(&store.read(&meta, 0..3).await.unwrap()[..], b"012");
         let new = store.head("a.squash").await.unwrap();
         assert_ne!(new.etag, meta.etag);
-        assert_eq!(
-            &store.read("a.squash", &new.etag, 0..3).await.unwrap()[..],
-            b"abc"
-        );
+        assert_eq!(&store.read(&new, 0..3).await.unwrap()[..], b"abc");
         // A version never opened before is gone once replaced.
         std::fs::write(dir.path().join("sub/b2"), b"y").unwrap();
         let b = store.head("sub/b").await.unwrap();
         std::fs::rename(dir.path().join("sub/b2"), dir.path().join("sub/b")).unwrap();
         assert!(matches!(
-            store.read("sub/b", &b.etag, 0..1).await,
+            store.read(&b, 0..1).await,
             Err(Error::Replaced(_))
         ));
     }

@@ -119,7 +119,8 @@ impl Store for MemStore {
         Ok(Self::meta(key, data, *generation))
     }
 
-    async fn read(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes> {
+    async fn read(&self, object: &ObjectMeta, range: Range<u64>) -> Result<Bytes> {
+        let (key, etag) = (object.key.as_str(), object.etag.as_str());
         self.reads.fetch_add(1, Ordering::Relaxed);
         self.before_request(key).await?;
         let (data, generation) = self
@@ -150,14 +151,11 @@ mod tests {
         let store = MemStore::new();
         store.put("a", &b"hello"[..]);
         let meta = store.head("a").await.unwrap();
-        assert_eq!(
-            &store.read("a", &meta.etag, 1..4).await.unwrap()[..],
-            b"ell"
-        );
-        assert!(store.read("a", &meta.etag, 3..6).await.is_err());
+        assert_eq!(&store.read(&meta, 1..4).await.unwrap()[..], b"ell");
+        assert!(store.read(&meta, 3..6).await.is_err());
         store.put("a", &b"world"[..]);
         assert!(matches!(
-            store.read("a", &meta.etag, 0..1).await,
+            store.read(&meta, 0..1).await,
             Err(Error::Replaced(_))
         ));
         assert_eq!(store.stats().reads, 3);

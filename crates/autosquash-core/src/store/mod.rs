@@ -32,9 +32,10 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
     /// Metadata of one object; [`Error::ObjectNotFound`] if absent.
     async fn head(&self, key: &str) -> Result<ObjectMeta>;
-    /// Bytes `range` of version `etag` of `key`. A range past the end is an error, never a
-    /// short read; a different current version is [`Error::Replaced`].
-    async fn read(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes>;
+    /// Bytes `range` of version `object.etag` of `object.key` (`object` as listed or HEADed, so
+    /// every layer knows the version's size without a side map). A range past the end is an
+    /// error, never a short read; a different current version is [`Error::Replaced`].
+    async fn read(&self, object: &ObjectMeta, range: Range<u64>) -> Result<Bytes>;
     /// A short name for logs ("dir:/srv/images", "s3://bucket/prefix/").
     fn describe(&self) -> String;
     /// Requests retried so far after a transient failure (for `status`).
@@ -52,8 +53,8 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         (**self).head(key).await
     }
-    async fn read(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes> {
-        (**self).read(key, etag, range).await
+    async fn read(&self, object: &ObjectMeta, range: Range<u64>) -> Result<Bytes> {
+        (**self).read(object, range).await
     }
     fn describe(&self) -> String {
         (**self).describe()

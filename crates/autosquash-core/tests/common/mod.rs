@@ -58,30 +58,41 @@ pub async fn read_all(
     Ok(out)
 }
 
-/// Visits every inode of an image (depth first), reading every file, symlink and xattr list,
-/// and returns the first error. Stops after `limit` entries so hostile images end quickly.
+/// Visits every entry of an image ([`Image::walk`], at most `limit`), reading every file twice
+/// (the second time from the cache, where a block another inode cached must still be checked),
+/// every symlink, xattr list and value. Goes on past errors and returns the first one, so a
+/// bad entry does not hide a panic behind it.
 pub async fn walk_everything(image: &Image, limit: usize) -> autosquash_core::Result<usize> {
-    let mut stack = vec![image.root()?];
+    let mut first_error = None;
     let mut seen = 0;
-    while let Some(dir) = stack.pop() {
-        for entry in image.listing(&dir)?.iter() {
-            seen += 1;
-            if seen > limit {
-                return Ok(seen);
-            }
-            let inode = image.entry_inode(&dir, entry)?;
-            image.xattrs(&inode)?;
-            match inode.kind {
-                autosquash_core::FileKind::Directory => stack.push(inode),
-                autosquash_core::FileKind::File => {
-                    read_all(image, &inode, 1 << 20).await?;
-                }
-                autosquash_core::FileKind::Symlink => {
-                    image.readlink(&inode)?;
-                }
-                _ => {}
-            }
+    for walked in image.walk(limit) {
+        seen += 1;
+        let visited = match walked.inode {
+            Ok(inode) => visit(image, &inode).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = visited {
+            first_error.get_or_insert(e);
         }
     }
-    Ok(seen)
+    first_error.map_or(Ok(seen), Err)
+}
+
+async fn visit(image: &Image, inode: &Inode) -> autosquash_core::Result<()> {
+    for name in image.xattr_names(inode)? {
+        image.xattr(inode, &name)?;
+    }
+    image.xattrs(inode)?;
+    match inode.kind {
+        autosquash_core::FileKind::File => {
+            let first = read_all(image, inode, 1 << 20).await?;
+            let again = read_all(image, inode, 1 << 20).await?;
+            assert!(first == again, "a cached re-read gave other bytes");
+        }
+        autosquash_core::FileKind::Symlink => {
+            image.readlink(inode)?;
+        }
+        _ => {}
+    }
+    Ok(())
 }

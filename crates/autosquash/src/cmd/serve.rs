@@ -317,8 +317,8 @@ async fn housekeeping(
         };
         tokio::select! {
             _ = expiry.tick() => {
-                for name in tree.expire() {
-                    invalidate.entry(&name);
+                for (parent, name) in tree.expire() {
+                    invalidate.entry(parent, &name);
                 }
                 if last_list.elapsed() < spec.list_interval {
                     continue;
@@ -332,6 +332,10 @@ async fn housekeeping(
         last_list = Instant::now();
         if let Err(e) = tree.refresh().await {
             warn!(source = %tree.describe(), error = %e, "cannot refresh the listing; keeping the previous one");
+        }
+        // Changed versions are shown at once, not a tick later.
+        for (parent, name) in tree.expire() {
+            invalidate.entry(parent, &name);
         }
     }
 }

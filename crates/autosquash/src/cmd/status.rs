@@ -57,6 +57,8 @@ fn document(served: &[Served], cache: &BlockCache) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
+        // Requests that panicked (each one a bug, answered EIO): 0 on a healthy daemon.
+        "panics": autosquash_fs::fs::panics(),
         "mounts": mounts,
         "cache": {
             "memory_bytes": cache.used_bytes(),
@@ -119,6 +121,12 @@ pub async fn status(args: StatusArgs) -> Result<()> {
         cache["memory_limit"],
         cache["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0
     );
+    if doc["panics"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "{} requests panicked (a bug: see the daemon's log and report it)",
+            doc["panics"]
+        );
+    }
     for m in doc["mounts"].as_array().into_iter().flatten() {
         let s = &m["store"];
         println!(
