@@ -218,15 +218,22 @@ impl<S: Store> Store for CachedStore<S> {
         let key = object.key.as_str();
         let (first, last) = (range.start / CHUNK, (range.end - 1) / CHUNK);
         let chunks = self.chunks(object, first, last).await?;
-        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
-        for (i, chunk) in (first..=last).zip(chunks) {
+        // The part of each chunk inside the range; a range inside one chunk is that chunk's
+        // slice, not a copy.
+        let piece = |i: u64, chunk: &Bytes| {
             let base = i * CHUNK;
             let from = range.start.saturating_sub(base) as usize;
             let to = ((range.end - base) as usize).min(chunk.len());
-            if from > to {
-                return Err(Error::store(key, "cached chunk shorter than expected"));
-            }
-            out.extend_from_slice(&chunk[from..to]);
+            (from <= to)
+                .then(|| chunk.slice(from..to))
+                .ok_or_else(|| Error::store(key, "cached chunk shorter than expected"))
+        };
+        if let [chunk] = &chunks[..] {
+            return piece(first, chunk);
+        }
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        for (i, chunk) in (first..=last).zip(&chunks) {
+            out.extend_from_slice(&piece(i, chunk)?);
         }
         Ok(out.freeze())
     }

@@ -170,9 +170,4 @@ impl BlockCache {
             )),
         }
     }
-
-    /// Drops everything an image left behind (called when an image is forgotten).
-    pub fn forget_image(&self, image: u64) {
-        self.cache.retain(|k, _| k.image != image);
-    }
 }

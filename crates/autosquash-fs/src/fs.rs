@@ -11,6 +11,7 @@
 //! lookup mounts the current version, and the caller invalidates the kernel's dentry.
 
 use crate::error::{FsError, FsResult};
+use crate::tree::Invalidation;
 use autosquash_core::{BlockCache, FileKind, Image, Inode, ObjectMeta, Store};
 use bytes::Bytes;
 use futures::FutureExt;
@@ -127,9 +128,12 @@ struct Mounted {
     slot: u32,
     name: String,
     image: Arc<Image>,
-    /// Kernel references to inodes of this slot (lookups minus forgets).
+    /// Kernel references to inodes of this slot (lookups and readdirplus entries minus
+    /// forgets). Files are opened without a request (see the fuse module), so these
+    /// references are what keeps a slot, and with it an open file's image version, alive.
     lookups: AtomicU64,
-    open_files: AtomicU64,
+    /// Sequential readahead state per squashfs inode being read.
+    readahead: Mutex<HashMap<u32, Readahead>>,
     /// Milliseconds since the filesystem started, at the last operation.
     last_used: AtomicU64,
     mounted_at: u64,
@@ -142,18 +146,13 @@ struct Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        self.image.forget();
+        // The image's entries in the shared cache are not scanned out (that would walk the
+        // whole cache): nothing asks for its namespace again, so they are the first evicted.
         info!(image = %self.name, slot = self.slot, "image unmounted");
     }
 }
 
-struct Handle {
-    mounted: Arc<Mounted>,
-    inode: Arc<Inode>,
-    readahead: Mutex<Readahead>,
-}
-
-/// Sequential readahead of one open file: while reads follow each other, the next `window`
+/// Sequential readahead of one file: while reads follow each other, the next `window`
 /// bytes are fetched (in parallel parts, so decompression uses every core) before they are
 /// asked for, the window doubling from 1 MiB up to 64 MiB (or an eighth of the memory budget).
 /// The kernel's own readahead arrives slightly out of order, so a read starting within 1 MiB
@@ -208,8 +207,6 @@ struct State {
     next_slot: u32,
     /// Versions that failed to open as invalid images: answered at once, logged once.
     broken: HashMap<String, String>,
-    handles: HashMap<u64, Handle>,
-    next_handle: u64,
     /// Names missing from the listing, and when the store was last asked about them.
     misses: HashMap<String, Instant>,
     /// Keys that are not images, each logged once.
@@ -219,6 +216,8 @@ struct State {
     failures_logged: HashMap<String, Instant>,
     /// When the root listing last changed (the root's mtime).
     root_mtime: u32,
+    /// The root listing changed since the kernel was last told (it caches listings).
+    root_changed: bool,
 }
 
 pub struct AutoFs {
@@ -226,8 +225,9 @@ pub struct AutoFs {
     config: FsConfig,
     cache: Arc<BlockCache>,
     state: Mutex<State>,
-    /// Serializes mounts so concurrent first lookups of one image open it once.
-    mounting: tokio::sync::Mutex<()>,
+    /// One mount in flight per image, so concurrent first lookups of one image open it once
+    /// while other images mount in parallel (a slow image stalls nobody else).
+    mounting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     started: Instant,
 }
 
@@ -290,11 +290,10 @@ impl AutoFs {
             config,
             state: Mutex::new(State {
                 next_slot: 1,
-                next_handle: 1,
                 root_mtime: now_secs(),
                 ..State::default()
             }),
-            mounting: tokio::sync::Mutex::new(()),
+            mounting: Mutex::default(),
             started: Instant::now(),
         })
     }
@@ -335,6 +334,7 @@ impl AutoFs {
         }
         if state.images.keys().ne(images.keys()) {
             state.root_mtime = now_secs();
+            state.root_changed = true;
         }
         for (name, m) in &state.mounted {
             let changed = images
@@ -347,13 +347,18 @@ impl AutoFs {
         state
             .broken
             .retain(|name, etag| images.get(name).is_some_and(|o| &o.etag == etag));
+        self.mounting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|name, _| images.contains_key(name));
         state.images = images;
         Ok(())
     }
 
-    /// Retires idle and outdated images and frees slots the kernel has forgotten. Returns the
-    /// names whose root dentry the kernel should invalidate.
-    pub fn expire(&self) -> Vec<String> {
+    /// Retires idle and outdated images and frees slots the kernel has forgotten. Returns what
+    /// the kernel should drop: the dentries of retired images, and the root's cached listing
+    /// if it changed.
+    pub fn expire(&self) -> Vec<Invalidation> {
         let now = self.now_ms();
         let idle_ms = self.config.idle_timeout.as_millis() as u64;
         let mut state = self.state();
@@ -361,14 +366,13 @@ impl AutoFs {
             .mounted
             .values()
             .filter(|m| {
-                m.open_files.load(Ordering::Relaxed) == 0
-                    && (m.outdated.load(Ordering::Relaxed)
-                        || now.saturating_sub(m.last_used.load(Ordering::Relaxed)) >= idle_ms)
+                m.outdated.load(Ordering::Relaxed)
+                    || now.saturating_sub(m.last_used.load(Ordering::Relaxed)) >= idle_ms
             })
             .map(|m| m.name.clone())
             .collect();
         // The tables of mounted images live outside the shared cache: past half the memory
-        // limit, the least recently used images without open files go early.
+        // limit, the least recently used images go early.
         let mut resident: u64 = state
             .mounted
             .values()
@@ -379,7 +383,7 @@ impl AutoFs {
             let mut candidates: Vec<&Arc<Mounted>> = state
                 .mounted
                 .values()
-                .filter(|m| m.open_files.load(Ordering::Relaxed) == 0 && !retire.contains(&m.name))
+                .filter(|m| !retire.contains(&m.name))
                 .collect();
             candidates.sort_by_key(|m| m.last_used.load(Ordering::Relaxed));
             for m in candidates {
@@ -397,12 +401,27 @@ impl AutoFs {
                 info!(image = %name, "image idle; releasing");
             }
         }
+        // Freed slots are dropped after the lock is released: dropping an image is not free.
+        let mut freed = Vec::new();
         state.slots.retain(|_, m| {
-            !(m.retired.load(Ordering::Relaxed)
-                && m.lookups.load(Ordering::Relaxed) == 0
-                && m.open_files.load(Ordering::Relaxed) == 0)
+            let keep =
+                !(m.retired.load(Ordering::Relaxed) && m.lookups.load(Ordering::Relaxed) == 0);
+            if !keep {
+                freed.push(m.clone());
+            }
+            keep
         });
-        retire
+        let root_changed = std::mem::take(&mut state.root_changed);
+        drop(state);
+        drop(freed);
+        let mut out: Vec<Invalidation> = retire
+            .into_iter()
+            .map(|name| Invalidation::Entry(ROOT_INO, name.into_bytes()))
+            .collect();
+        if root_changed {
+            out.push(Invalidation::Inode(ROOT_INO));
+        }
+        out
     }
 
     /// Number of images currently mounted (not retired) and of live slots.
@@ -421,7 +440,14 @@ impl AutoFs {
             Err(FsError::NotFound) => self.find_unlisted(name).await?,
             Err(e) => return Err(e),
         }
-        let _one_at_a_time = self.mounting.lock().await;
+        let gate = self
+            .mounting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        let _one_at_a_time = gate.lock().await;
         if let Some(m) = self.current(name)? {
             return Ok(m);
         }
@@ -458,6 +484,7 @@ impl AutoFs {
                 state.misses.remove(name);
                 state.images.insert(name.to_owned(), meta);
                 state.root_mtime = now_secs();
+                state.root_changed = true;
                 Ok(())
             }
             Err(autosquash_core::Error::ObjectNotFound(_)) => Err(FsError::NotFound),
@@ -516,7 +543,7 @@ impl AutoFs {
             image,
             // The lookup that mounts it (see `mount`).
             lookups: AtomicU64::new(1),
-            open_files: AtomicU64::new(0),
+            readahead: Mutex::default(),
             last_used: AtomicU64::new(self.now_ms()),
             mounted_at: self.now_ms(),
             outdated: AtomicBool::new(false),
@@ -630,31 +657,52 @@ impl AutoFs {
         }
     }
 
-    /// Looks `name` up in `parent`; on success the kernel holds one more reference.
+    /// Looks `name` up in `parent`; on success the kernel holds one more reference. Only a
+    /// lookup in the root may wait (to mount an image); see [`AutoFs::lookup_now`].
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
-        let (m, inode) = if parent == ROOT_INO {
-            let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
-            let m = self.mount(name).await?;
-            match self.engine(&m, || m.image.root()) {
-                Ok(root) => (m, root),
-                Err(e) => {
-                    // The kernel takes no reference on a failed lookup.
-                    m.lookups.fetch_sub(1, Ordering::Relaxed);
-                    return Err(e);
-                }
+        if parent != ROOT_INO {
+            return self.lookup_below(parent, name);
+        }
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        let m = self.mount(name).await?;
+        self.image_root_entry(m)
+    }
+
+    /// The lookup answered without waiting, where it can be: below the root (metadata is in
+    /// memory or in the tables), and in the root for an image already mounted. `None`: the
+    /// lookup may need the store; run [`AutoFs::lookup`] where waiting is fine.
+    pub fn lookup_now(&self, parent: u64, name: &[u8]) -> Option<FsResult<Attr>> {
+        if parent != ROOT_INO {
+            return Some(self.lookup_below(parent, name));
+        }
+        let m = self.current(std::str::from_utf8(name).ok()?).ok()??;
+        Some(self.image_root_entry(m))
+    }
+
+    /// The entry of a mounted image's root; `m` comes with the kernel's reference counted.
+    fn image_root_entry(&self, m: Arc<Mounted>) -> FsResult<Attr> {
+        match self.engine(&m, || m.image.root()) {
+            Ok(root) => {
+                self.touch(&m);
+                Ok(self.attr_of(&m, &root))
             }
-        } else {
-            let (m, dir) = self.resolve(parent)?;
-            if !dir.is_dir() {
-                return Err(FsError::NotDir);
+            Err(e) => {
+                // The kernel takes no reference on a failed lookup.
+                m.lookups.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
             }
-            let child = self.engine(&m, || m.image.lookup(&dir, name))?;
-            let child = child.ok_or(FsError::NotFound)?;
-            m.lookups.fetch_add(1, Ordering::Relaxed);
-            (m, child)
-        };
-        self.touch(&m);
-        Ok(self.attr_of(&m, &inode))
+        }
+    }
+
+    fn lookup_below(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        let (m, dir) = self.resolve(parent)?;
+        if !dir.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        let child = self.engine(&m, || m.image.lookup(&dir, name))?;
+        let child = child.ok_or(FsError::NotFound)?;
+        m.lookups.fetch_add(1, Ordering::Relaxed);
+        Ok(self.attr_of(&m, &child))
     }
 
     /// The kernel dropped `n` references to `ino`.
@@ -677,6 +725,13 @@ impl AutoFs {
         if ino == ROOT_INO {
             return Ok(self.root_attr());
         }
+        if split(ino).0 == 0 {
+            // A root entry listed before its image was mounted (see `readdir`).
+            return Ok(Attr {
+                ino,
+                ..self.root_attr()
+            });
+        }
         let (m, inode) = self.resolve(ino)?;
         Ok(self.attr_of(&m, &inode))
     }
@@ -687,116 +742,119 @@ impl AutoFs {
         Ok(target.to_vec())
     }
 
-    /// Entries of directory `ino` from `offset` on: 0 is `.`, 1 is `..`, then the entries.
-    pub fn readdir(&self, ino: u64, offset: u64) -> FsResult<Vec<DirItem>> {
+    /// Entries of directory `ino` from `offset` on (0 is `.`, 1 is `..`, then the entries),
+    /// each handed to `add` until it answers that the kernel's buffer is full: O(1) per entry.
+    ///
+    /// With `plus` (readdirplus), entries come with their attributes and, once added, count as
+    /// kernel references, as lookups do. `.` and `..` carry none (the kernel does not take them
+    /// from a readdirplus), nor do root entries of images not mounted yet (mounting every
+    /// image for `ls` would defeat the lazy mount): they are listed under a placeholder number
+    /// (slot 0) that the kernel must look up before use.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(&DirItem, Option<&Attr>) -> bool,
+    ) -> FsResult<()> {
         let dot = |ino, name: &[u8], next| DirItem {
             ino,
             kind: FileKind::Directory,
             name: name.to_vec(),
             next,
         };
-        let mut items = Vec::new();
         if ino == ROOT_INO {
-            items.push(dot(ROOT_INO, b".", 1));
-            items.push(dot(ROOT_INO, b"..", 2));
             let state = self.state();
-            for (i, name) in state.images.keys().enumerate() {
-                // Unmounted images have no inode number yet; any number outside the slot
-                // space will do for d_ino, the real one comes with lookup.
-                let ino = state
-                    .mounted
-                    .get(name)
-                    .map_or(2 + i as u64, |m| join(m.slot, m.image.root_ino()));
-                items.push(dot(ino, name.as_bytes(), 3 + i as u64));
+            for item in [dot(ROOT_INO, b".", 1), dot(ROOT_INO, b"..", 2)] {
+                if item.next > offset && add(&item, None) {
+                    return Ok(());
+                }
             }
-        } else {
-            let (m, dir) = self.resolve(ino)?;
-            if !dir.is_dir() {
-                return Err(FsError::NotDir);
-            }
-            let parent = if dir.ino == m.image.root_ino() {
-                ROOT_INO
-            } else {
-                join(m.slot, dir.parent().unwrap_or(dir.ino))
-            };
-            items.push(dot(ino, b".", 1));
-            items.push(dot(parent, b"..", 2));
-            let listing = self.engine(&m, || m.image.listing(&dir))?;
-            for (i, entry) in listing
-                .iter()
-                .enumerate()
-                .skip(offset.saturating_sub(2) as usize)
-            {
-                items.push(DirItem {
-                    ino: join(m.slot, entry.ino),
-                    kind: entry.kind,
-                    name: entry.name.to_vec(),
-                    next: 3 + i as u64,
+            let skip = offset.saturating_sub(2) as usize;
+            for (i, name) in state.images.keys().enumerate().skip(skip) {
+                let mounted = state.mounted.get(name).and_then(|m| {
+                    let root = m.image.root().ok()?;
+                    Some((m, self.attr_of(m, &root)))
                 });
+                let item = DirItem {
+                    ino: mounted.as_ref().map_or(2 + i as u64, |(_, a)| a.ino),
+                    kind: FileKind::Directory,
+                    name: name.as_bytes().to_vec(),
+                    next: 3 + i as u64,
+                };
+                let attr = mounted.as_ref().filter(|_| plus).map(|(_, a)| a);
+                if add(&item, attr) {
+                    break;
+                }
+                if let Some((m, _)) = mounted.filter(|_| plus) {
+                    m.lookups.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return Ok(());
+        }
+        let (m, dir) = self.resolve(ino)?;
+        if !dir.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        let parent = if dir.ino == m.image.root_ino() {
+            ROOT_INO
+        } else {
+            join(m.slot, dir.parent().unwrap_or(dir.ino))
+        };
+        for item in [dot(ino, b".", 1), dot(parent, b"..", 2)] {
+            if item.next > offset && add(&item, None) {
+                return Ok(());
             }
         }
-        Ok(items
-            .into_iter()
-            .skip_while(|item| item.next <= offset)
-            .collect())
+        let listing = self.engine(&m, || m.image.listing(&dir))?;
+        let skip = offset.saturating_sub(2) as usize;
+        for (i, entry) in listing.iter().enumerate().skip(skip) {
+            let item = DirItem {
+                ino: join(m.slot, entry.ino),
+                kind: entry.kind,
+                name: entry.name.to_vec(),
+                next: 3 + i as u64,
+            };
+            if !plus {
+                if add(&item, None) {
+                    break;
+                }
+                continue;
+            }
+            let inode = self.engine(&m, || m.image.entry_inode(&dir, entry))?;
+            if add(&item, Some(&self.attr_of(&m, &inode))) {
+                break;
+            }
+            m.lookups.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
-    /// Opens a regular file for reading; writing is refused.
-    pub fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
-        if write {
-            return Err(FsError::ReadOnly);
-        }
-        if ino == ROOT_INO {
-            return Err(FsError::IsDir);
-        }
+    /// Up to `size` bytes of file `ino` from `offset`. Files are opened without a request,
+    /// so reads name the inode; a sequential reader gets the following bytes fetched ahead.
+    pub async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let (m, inode) = self.resolve(ino)?;
-        match inode.kind {
-            FileKind::File => {}
-            FileKind::Directory => return Err(FsError::IsDir),
-            _ => return Err(FsError::Invalid),
+        if inode.kind != FileKind::File {
+            return Err(FsError::Invalid);
         }
-        m.open_files.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.state();
-        let fh = state.next_handle;
-        state.next_handle += 1;
-        state.handles.insert(
-            fh,
-            Handle {
-                mounted: m,
-                inode,
-                readahead: Mutex::default(),
-            },
-        );
-        Ok(fh)
-    }
-
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let (m, inode, ahead) = {
-            let state = self.state();
-            let handle = state.handles.get(&fh).ok_or(FsError::BadHandle)?;
-            let end = (offset + u64::from(size)).min(handle.inode.size);
-            let max_window = (self.config.memory_limit / 8).min(READAHEAD_MAX);
-            let ahead = handle
-                .readahead
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .advance(offset, end, max_window);
-            (handle.mounted.clone(), handle.inode.clone(), ahead)
+        let end = (offset + u64::from(size)).min(inode.size);
+        let max_window = (self.config.memory_limit / 8).min(READAHEAD_MAX);
+        let ahead = {
+            let mut readahead = m.readahead.lock().unwrap_or_else(PoisonError::into_inner);
+            if readahead.len() > 4096 {
+                readahead.clear();
+            }
+            readahead
+                .entry(inode.ino)
+                .or_default()
+                .advance(offset, end, max_window)
         };
-        self.touch(&m);
         if let Some(range) = ahead.filter(|r| r.start < inode.size) {
             prefetch(&m, &inode, range);
         }
         guarded(&m, m.image.read(&inode, offset, size as usize))
             .await?
             .map_err(|e| self.fail(&m, e))
-    }
-
-    pub fn release(&self, fh: u64) {
-        if let Some(handle) = self.state().handles.remove(&fh) {
-            handle.mounted.open_files.fetch_sub(1, Ordering::Relaxed);
-            self.touch(&handle.mounted);
-        }
     }
 
     /// The value of extended attribute `name` (only that value is decoded).
@@ -846,8 +904,8 @@ impl crate::tree::Tree for AutoFs {
     async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         AutoFs::lookup(self, parent, name).await
     }
-    fn lookup_may_block(&self, parent: u64) -> bool {
-        parent == ROOT_INO
+    fn lookup_now(&self, parent: u64, name: &[u8]) -> Option<FsResult<Attr>> {
+        AutoFs::lookup_now(self, parent, name)
     }
     fn forget(&self, ino: u64, n: u64) {
         AutoFs::forget(self, ino, n)
@@ -858,17 +916,21 @@ impl crate::tree::Tree for AutoFs {
     fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         AutoFs::readlink(self, ino)
     }
-    fn readdir(&self, ino: u64, offset: u64) -> FsResult<Vec<DirItem>> {
-        AutoFs::readdir(self, ino, offset)
+    fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(&DirItem, Option<&Attr>) -> bool,
+    ) -> FsResult<()> {
+        AutoFs::readdir(self, ino, offset, plus, add)
     }
-    fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
-        AutoFs::open(self, ino, write)
+    fn dir_is_immutable(&self, ino: u64) -> bool {
+        // Image directories are pinned to one version; the root changes with the listing.
+        ino != ROOT_INO
     }
-    async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        AutoFs::read(self, fh, offset, size).await
-    }
-    fn release(&self, fh: u64) {
-        AutoFs::release(self, fh)
+    async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        AutoFs::read(self, ino, offset, size).await
     }
     fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         AutoFs::getxattr(self, ino, name)
@@ -882,11 +944,8 @@ impl crate::tree::Tree for AutoFs {
     async fn refresh(&self) -> autosquash_core::Result<()> {
         AutoFs::refresh(self).await
     }
-    fn expire(&self) -> Vec<(u64, Vec<u8>)> {
+    fn expire(&self) -> Vec<crate::tree::Invalidation> {
         AutoFs::expire(self)
-            .into_iter()
-            .map(|name| (ROOT_INO, name.into_bytes()))
-            .collect()
     }
     fn describe(&self) -> String {
         format!("{}/{}", self.store.describe(), self.config.prefix)
@@ -904,7 +963,7 @@ impl crate::tree::Tree for AutoFs {
                     "size": m.image.meta().size,
                     "mounted_secs_ago": now.saturating_sub(m.mounted_at) / 1000,
                     "idle_secs": now.saturating_sub(m.last_used.load(Ordering::Relaxed)) / 1000,
-                    "open_files": m.open_files.load(Ordering::Relaxed),
+                    "kernel_refs": m.lookups.load(Ordering::Relaxed),
                     "outdated": m.outdated.load(Ordering::Relaxed),
                 })
             })

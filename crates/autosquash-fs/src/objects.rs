@@ -9,6 +9,7 @@
 
 use crate::error::{FsError, FsResult};
 use crate::fs::{Attr, DirItem, FsStat, ROOT_INO};
+use crate::tree::Invalidation;
 use autosquash_core::{BlockCache, FileKind, ObjectMeta, Store};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, HashMap};
@@ -30,11 +31,11 @@ pub struct ObjectConfig {
 
 enum Node {
     Dir(BTreeMap<Vec<u8>, u64>),
-    File(ObjectMeta, u64),
+    File(Arc<FileNode>),
 }
 
-struct Handle {
-    ino: u64,
+/// One object version, as a file.
+struct FileNode {
     meta: ObjectMeta,
     namespace: u64,
     /// Where the last read ended, to detect sequential access.
@@ -43,17 +44,16 @@ struct Handle {
 
 #[derive(Default)]
 struct State {
+    /// The current tree, plus files of replaced versions the kernel still references.
     nodes: HashMap<u64, Node>,
     /// Directories keep their inode number across refreshes, files as long as their version
     /// does not change; numbers are never reused.
     inos: HashMap<String, u64>,
     next_ino: u64,
-    /// One cache namespace per object version.
-    namespaces: HashMap<(String, String), u64>,
-    handles: HashMap<u64, Arc<Handle>>,
-    next_handle: u64,
-    /// (parent, name) whose file changed version, for the kernel to drop (see `expire`).
-    changed: Vec<(u64, Vec<u8>)>,
+    /// Kernel references per inode (lookups and readdirplus entries minus forgets).
+    refs: HashMap<u64, u64>,
+    /// Caches the kernel must drop after a refresh changed the tree (see `expire`).
+    changed: Vec<Invalidation>,
 }
 
 pub struct ObjectFs {
@@ -68,7 +68,6 @@ impl ObjectFs {
     pub fn new(store: Arc<dyn Store>, cache: Arc<BlockCache>, config: ObjectConfig) -> Arc<Self> {
         let mut state = State {
             next_ino: ROOT_INO + 1,
-            next_handle: 1,
             ..State::default()
         };
         state.nodes.insert(ROOT_INO, Node::Dir(BTreeMap::new()));
@@ -90,7 +89,7 @@ impl ObjectFs {
     fn attr(&self, ino: u64, node: &Node) -> Attr {
         let (kind, perm, size, nlink) = match node {
             Node::Dir(_) => (FileKind::Directory, 0o555, 0, 2),
-            Node::File(meta, _) => (FileKind::File, 0o444, meta.size, 1),
+            Node::File(f) => (FileKind::File, 0o444, f.meta.size, 1),
         };
         Attr {
             ino,
@@ -117,7 +116,7 @@ impl ObjectFs {
 }
 
 /// Chunk `index` of an object version, from the cache or the store.
-async fn chunk(store: &dyn Store, cache: &BlockCache, h: &Handle, index: u64) -> FsResult<Bytes> {
+async fn chunk(store: &dyn Store, cache: &BlockCache, h: &FileNode, index: u64) -> FsResult<Bytes> {
     let start = index * CHUNK;
     let end = (start + CHUNK).min(h.meta.size);
     let fetch = store.read(&h.meta, start..end);
@@ -140,23 +139,49 @@ fn components(key: &str) -> Option<Vec<&str>> {
         .then_some(parts)
 }
 
+impl ObjectFs {
+    /// The kernel took one more reference to `ino`.
+    fn referenced(state: &mut State, ino: u64) {
+        *state.refs.entry(ino).or_default() += 1;
+    }
+}
+
 #[async_trait::async_trait]
 impl crate::tree::Tree for ObjectFs {
     async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
-        let state = self.state();
+        crate::tree::Tree::lookup_now(self, parent, name).unwrap_or(Err(FsError::NotFound))
+    }
+
+    fn lookup_now(&self, parent: u64, name: &[u8]) -> Option<FsResult<Attr>> {
+        let mut state = self.state();
         let Some(Node::Dir(children)) = state.nodes.get(&parent) else {
-            return Err(FsError::NotDir);
+            return Some(Err(FsError::NotDir));
         };
-        let ino = *children.get(name).ok_or(FsError::NotFound)?;
-        let node = state.nodes.get(&ino).ok_or(FsError::NotFound)?;
-        Ok(self.attr(ino, node))
+        let Some(&ino) = children.get(name) else {
+            return Some(Err(FsError::NotFound));
+        };
+        let attr = self.attr(ino, state.nodes.get(&ino)?);
+        Self::referenced(&mut state, ino);
+        Some(Ok(attr))
     }
 
-    fn lookup_may_block(&self, _parent: u64) -> bool {
-        false
+    fn forget(&self, ino: u64, n: u64) {
+        let mut state = self.state();
+        let left = match state.refs.get_mut(&ino) {
+            Some(refs) => {
+                *refs = refs.saturating_sub(n);
+                *refs
+            }
+            None => return,
+        };
+        if left == 0 {
+            state.refs.remove(&ino);
+            // A replaced version nobody references any more.
+            if !state.inos.values().any(|&i| i == ino) {
+                state.nodes.remove(&ino);
+            }
+        }
     }
-
-    fn forget(&self, _ino: u64, _n: u64) {}
 
     fn getattr(&self, ino: u64) -> FsResult<Attr> {
         self.with_node(ino, |node| Ok(self.attr(ino, node)))
@@ -166,74 +191,67 @@ impl crate::tree::Tree for ObjectFs {
         Err(FsError::Invalid)
     }
 
-    fn readdir(&self, ino: u64, offset: u64) -> FsResult<Vec<DirItem>> {
-        let state = self.state();
+    fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(&DirItem, Option<&Attr>) -> bool,
+    ) -> FsResult<()> {
+        let mut state = self.state();
         let Some(Node::Dir(children)) = state.nodes.get(&ino) else {
             return Err(FsError::NotDir);
         };
-        let mut items = vec![
-            DirItem {
-                ino,
+        let dots = [(ino, b".".as_slice(), 1), (ROOT_INO, b"..".as_slice(), 2)];
+        for (dot, name, next) in dots {
+            let item = DirItem {
+                ino: dot,
                 kind: FileKind::Directory,
-                name: b".".to_vec(),
-                next: 1,
-            },
-            DirItem {
-                ino: ROOT_INO,
-                kind: FileKind::Directory,
-                name: b"..".to_vec(),
-                next: 2,
-            },
-        ];
-        for (i, (name, child)) in children.iter().enumerate() {
-            let kind = match state.nodes.get(child) {
-                Some(Node::Dir(_)) => FileKind::Directory,
-                _ => FileKind::File,
+                name: name.to_vec(),
+                next,
             };
-            items.push(DirItem {
-                ino: *child,
-                kind,
+            if next > offset && add(&item, None) {
+                return Ok(());
+            }
+        }
+        let mut referenced = Vec::new();
+        let skip = offset.saturating_sub(2) as usize;
+        for (i, (name, &child)) in children.iter().enumerate().skip(skip) {
+            let Some(node) = state.nodes.get(&child) else {
+                continue;
+            };
+            let attr = self.attr(child, node);
+            let item = DirItem {
+                ino: child,
+                kind: attr.kind,
                 name: name.clone(),
                 next: 3 + i as u64,
-            });
+            };
+            if add(&item, plus.then_some(&attr)) {
+                break;
+            }
+            if plus {
+                referenced.push(child);
+            }
         }
-        Ok(items
-            .into_iter()
-            .skip_while(|item| item.next <= offset)
-            .collect())
+        for child in referenced {
+            Self::referenced(&mut state, child);
+        }
+        Ok(())
     }
 
-    fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
-        if write {
-            return Err(FsError::ReadOnly);
-        }
-        let mut state = self.state();
-        let (meta, namespace) = match state.nodes.get(&ino) {
-            Some(Node::File(meta, namespace)) => (meta.clone(), *namespace),
+    fn dir_is_immutable(&self, _ino: u64) -> bool {
+        // Refreshes change directories; they are invalidated then (see `refresh`), but a
+        // listing read while a refresh runs could be cached stale.
+        false
+    }
+
+    async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let h = match self.state().nodes.get(&ino) {
+            Some(Node::File(f)) => f.clone(),
             Some(Node::Dir(_)) => return Err(FsError::IsDir),
             None => return Err(FsError::Stale(format!("inode {ino}"))),
         };
-        let fh = state.next_handle;
-        state.next_handle += 1;
-        state.handles.insert(
-            fh,
-            Arc::new(Handle {
-                ino,
-                meta,
-                namespace,
-                next: AtomicU64::new(0),
-            }),
-        );
-        Ok(fh)
-    }
-
-    async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let h = self
-            .state()
-            .handles
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)?;
         let end = (offset + u64::from(size)).min(h.meta.size);
         if offset >= end {
             return Ok(Bytes::new());
@@ -266,10 +284,6 @@ impl crate::tree::Tree for ObjectFs {
             out.extend_from_slice(&chunk[from..to]);
         }
         Ok(out.freeze())
-    }
-
-    fn release(&self, fh: u64) {
-        self.state().handles.remove(&fh);
     }
 
     fn getxattr(&self, _ino: u64, _name: &[u8]) -> FsResult<Vec<u8>> {
@@ -327,18 +341,19 @@ impl crate::tree::Tree for ObjectFs {
                         _ => None,
                     };
                     if before.is_some_and(|b| b != *shown) {
-                        state.changed.push((dir, name.to_vec()));
+                        state.changed.push(Invalidation::Entry(dir, name.to_vec()));
                     }
                 }
                 if is_file {
-                    let version = (object.key.clone(), object.etag.clone());
-                    let namespace = *state
-                        .namespaces
-                        .entry(version)
-                        .or_insert_with(BlockCache::namespace);
-                    nodes
-                        .entry(ino)
-                        .or_insert_with(|| Node::File(object.clone(), namespace));
+                    let node = match state.nodes.get(&ino) {
+                        Some(Node::File(f)) => f.clone(),
+                        _ => Arc::new(FileNode {
+                            meta: object.clone(),
+                            namespace: BlockCache::namespace(),
+                            next: AtomicU64::new(0),
+                        }),
+                    };
+                    nodes.entry(ino).or_insert(Node::File(node));
                 } else {
                     nodes
                         .entry(ino)
@@ -347,26 +362,26 @@ impl crate::tree::Tree for ObjectFs {
                 }
             }
         }
-        // Files open on a version that is gone keep their inode (getattr on an open file).
-        for h in state.handles.values() {
-            nodes
-                .entry(h.ino)
-                .or_insert_with(|| Node::File(h.meta.clone(), h.namespace));
+        // Listings that changed are dropped from the kernel's cache; files of replaced
+        // versions the kernel still references stay until forgotten.
+        for (ino, node) in &nodes {
+            if let (Node::Dir(new), Some(Node::Dir(old))) = (node, state.nodes.get(ino))
+                && new != old
+            {
+                state.changed.push(Invalidation::Inode(*ino));
+            }
         }
-        let versions: std::collections::HashSet<(String, String)> = nodes
-            .values()
-            .filter_map(|n| match n {
-                Node::File(meta, _) => Some((meta.key.clone(), meta.etag.clone())),
-                Node::Dir(_) => None,
-            })
-            .collect();
-        state.namespaces.retain(|v, _| versions.contains(v));
+        for (&ino, _) in state.refs.iter() {
+            if let Some(node @ Node::File(_)) = state.nodes.remove(&ino) {
+                nodes.entry(ino).or_insert(node);
+            }
+        }
         state.inos = inos;
         state.nodes = nodes;
         Ok(())
     }
 
-    fn expire(&self) -> Vec<(u64, Vec<u8>)> {
+    fn expire(&self) -> Vec<Invalidation> {
         std::mem::take(&mut self.state().changed)
     }
 
@@ -385,7 +400,7 @@ impl crate::tree::Tree for ObjectFs {
             "kind": "objects",
             "source": self.describe(),
             "objects": files,
-            "open_files": state.handles.len(),
+            "kernel_refs": state.refs.len(),
         })
     }
 }

@@ -7,28 +7,48 @@ use bytes::Bytes;
 
 #[async_trait::async_trait]
 pub trait Tree: Send + Sync + 'static {
-    /// Looks `name` up in `parent`; on success the kernel holds one more reference.
+    /// Looks `name` up in `parent`; on success the kernel holds one more reference. May wait
+    /// on the store.
     async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr>;
-    /// Whether a lookup under `parent` may wait on the network (and so must not run on the
-    /// FUSE thread).
-    fn lookup_may_block(&self, parent: u64) -> bool;
+    /// The lookup answered at once if it needs no waiting, else `None` (then [`Tree::lookup`]
+    /// runs on the runtime): FUSE threads never wait on the network.
+    fn lookup_now(&self, parent: u64, name: &[u8]) -> Option<FsResult<Attr>>;
     fn forget(&self, ino: u64, n: u64);
     fn getattr(&self, ino: u64) -> FsResult<Attr>;
     fn readlink(&self, ino: u64) -> FsResult<Vec<u8>>;
-    fn readdir(&self, ino: u64, offset: u64) -> FsResult<Vec<DirItem>>;
-    fn open(&self, ino: u64, write: bool) -> FsResult<u64>;
-    async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes>;
-    fn release(&self, fh: u64);
+    /// Entries from `offset` on, handed to `add` until it returns true (buffer full); with
+    /// `plus`, with attributes where known, and each added entry with attributes counts as a
+    /// kernel reference (forgotten like a lookup).
+    fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(&DirItem, Option<&Attr>) -> bool,
+    ) -> FsResult<()>;
+    /// Whether directory `ino`'s listing never changes while the kernel knows it, so the
+    /// kernel may cache it (`FOPEN_CACHE_DIR`).
+    fn dir_is_immutable(&self, ino: u64) -> bool;
+    /// Reads file `ino` (files are opened without a request, so reads name the inode).
+    async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes>;
     fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>>;
     fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>>;
     fn statfs(&self, ino: u64) -> FsResult<FsStat>;
     /// Re-lists the store.
     async fn refresh(&self) -> autosquash_core::Result<()>;
-    /// Periodic housekeeping; returns the (parent inode, name) entries whose dentries the
-    /// kernel should drop.
-    fn expire(&self) -> Vec<(u64, Vec<u8>)>;
+    /// Periodic housekeeping; returns what the kernel should drop from its caches.
+    fn expire(&self) -> Vec<Invalidation>;
     /// For the mount's fsname and logs.
     fn describe(&self) -> String;
     /// A JSON-ready snapshot for `autosquash status`.
     fn status(&self) -> serde_json::Value;
+}
+
+/// A kernel cache entry that no longer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The dentry of `name` in directory `parent`.
+    Entry(u64, Vec<u8>),
+    /// The cached pages (file data or directory listing) and attributes of an inode.
+    Inode(u64),
 }

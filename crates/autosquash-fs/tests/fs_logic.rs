@@ -3,6 +3,7 @@
 
 use autosquash_core::{FileKind, MemStore};
 use autosquash_fs::fs::ROOT_INO;
+use autosquash_fs::tree::Invalidation;
 use autosquash_fs::{AutoFs, FsConfig, FsError};
 use autosquash_testkit::corpus::mksquashfs;
 use std::sync::Arc;
@@ -42,6 +43,36 @@ async fn setup(idle: Duration) -> (Arc<MemStore>, Arc<AutoFs>) {
     (store, fs)
 }
 
+/// Every entry of `ino` from `offset` on, as a plain readdir gives them.
+fn list(fs: &AutoFs, ino: u64, offset: u64) -> Vec<autosquash_fs::fs::DirItem> {
+    page(fs, ino, offset, usize::MAX)
+}
+
+/// At most `n` entries, as a kernel buffer with room for `n` would take them.
+fn page(fs: &AutoFs, ino: u64, offset: u64, n: usize) -> Vec<autosquash_fs::fs::DirItem> {
+    let mut out = Vec::new();
+    fs.readdir(ino, offset, false, &mut |item, _| {
+        if out.len() == n {
+            return true;
+        }
+        out.push(item.clone());
+        false
+    })
+    .unwrap();
+    out
+}
+
+/// Names of the images `expire` retired (root dentries to invalidate).
+fn retired(fs: &AutoFs) -> Vec<String> {
+    fs.expire()
+        .into_iter()
+        .filter_map(|i| match i {
+            Invalidation::Entry(ROOT_INO, name) => Some(String::from_utf8(name).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn names(items: &[autosquash_fs::fs::DirItem]) -> Vec<String> {
     items
         .iter()
@@ -52,10 +83,7 @@ fn names(items: &[autosquash_fs::fs::DirItem]) -> Vec<String> {
 #[tokio::test]
 async fn root_lists_images_and_unknown_names_cost_one_head_per_ttl() {
     let (store, fs) = setup(Duration::from_secs(300)).await;
-    assert_eq!(
-        names(&fs.readdir(ROOT_INO, 0).unwrap()),
-        [".", "..", "one", "two"]
-    );
+    assert_eq!(names(&list(&fs, ROOT_INO, 0)), [".", "..", "one", "two"]);
     store.reset_stats();
     let strays = [&b"autorun.inf"[..], b"notes.txt", b"sub", b"one.squash"];
     for _ in 0..3 {
@@ -83,7 +111,7 @@ async fn an_image_uploaded_after_the_listing_is_found_at_once() {
     let root = fs.lookup(ROOT_INO, b"later").await.unwrap();
     let file = fs.lookup(root.ino, b"file.txt").await.unwrap();
     assert_eq!(file.size, 6);
-    assert!(names(&fs.readdir(ROOT_INO, 0).unwrap()).contains(&"later".to_owned()));
+    assert!(names(&list(&fs, ROOT_INO, 0)).contains(&"later".to_owned()));
 }
 
 #[tokio::test]
@@ -106,11 +134,15 @@ async fn lookup_mounts_once_and_inode_numbers_carry_the_slot() {
     assert_eq!(file.ino >> 32, one.ino >> 32);
     let link = fs.lookup(one.ino, b"link").await.unwrap();
     assert_eq!(fs.readlink(link.ino).unwrap(), b"file.txt");
-    let fh = fs.open(file.ino, false).unwrap();
-    assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"version 1\n");
-    assert_eq!(&fs.read(fh, 8, 100).await.unwrap()[..], b"1\n");
-    fs.release(fh);
-    assert!(matches!(fs.open(file.ino, true), Err(FsError::ReadOnly)));
+    assert_eq!(
+        &fs.read(file.ino, 0, 100).await.unwrap()[..],
+        b"version 1\n"
+    );
+    assert_eq!(&fs.read(file.ino, 8, 100).await.unwrap()[..], b"1\n");
+    assert!(matches!(
+        fs.read(one.ino, 0, 100).await,
+        Err(FsError::Invalid)
+    ));
     assert!(matches!(
         fs.lookup(file.ino, b"x").await,
         Err(FsError::NotDir)
@@ -126,25 +158,20 @@ async fn readdir_resumes_at_any_offset() {
     let (_store, fs) = setup(Duration::from_secs(300)).await;
     let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
     let many = fs.lookup(one.ino, b"many").await.unwrap();
-    let all = fs.readdir(many.ino, 0).unwrap();
+    let all = list(&fs, many.ino, 0);
     assert_eq!(all.len(), 52);
     assert_eq!(all[1].ino, one.ino, "'..' of a subdirectory is its parent");
     let mut resumed = Vec::new();
     let mut offset = 0;
     loop {
         // Take three entries at a time, as a small kernel buffer would.
-        let page: Vec<_> = fs
-            .readdir(many.ino, offset)
-            .unwrap()
-            .into_iter()
-            .take(3)
-            .collect();
+        let page = page(&fs, many.ino, offset, 3);
         let Some(last) = page.last() else { break };
         offset = last.next;
         resumed.extend(page);
     }
     assert_eq!(names(&resumed), names(&all));
-    let top = fs.readdir(one.ino, 0).unwrap();
+    let top = list(&fs, one.ino, 0);
     assert_eq!(top[1].ino, ROOT_INO, "'..' of an image root is the root");
 }
 
@@ -153,12 +180,9 @@ async fn idle_images_retire_and_slots_live_until_forgotten() {
     let (_store, fs) = setup(Duration::from_millis(100)).await;
     let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
     let file = fs.lookup(one.ino, b"file.txt").await.unwrap();
-    let fh = fs.open(file.ino, false).unwrap();
+    fs.read(file.ino, 0, 4).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(fs.expire().is_empty(), "an image with an open file expired");
-    fs.release(fh);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(fs.expire(), ["one"]);
+    assert_eq!(retired(&fs), ["one"]);
     assert_eq!(
         fs.mounted_count(),
         (0, 1),
@@ -177,12 +201,12 @@ async fn idle_images_retire_and_slots_live_until_forgotten() {
 }
 
 #[tokio::test]
-async fn images_beyond_the_memory_limit_are_released_early_unless_open() {
+async fn images_beyond_the_memory_limit_are_released_early_and_serve_until_forgotten() {
     let store = Arc::new(MemStore::new());
     store.put("images/one.squash", image("one\n"));
     store.put("images/two.squash", image("two\n"));
     // A budget too small for even one image's tables: every idle image must go at once,
-    // long before the idle timeout; one with an open file stays.
+    // long before the idle timeout; what the kernel still references keeps working.
     let fs = AutoFs::new(
         store.clone(),
         FsConfig {
@@ -196,36 +220,29 @@ async fn images_beyond_the_memory_limit_are_released_early_unless_open() {
     fs.lookup(ROOT_INO, b"one").await.unwrap();
     let two = fs.lookup(ROOT_INO, b"two").await.unwrap();
     let file = fs.lookup(two.ino, b"file.txt").await.unwrap();
-    let fh = fs.open(file.ino, false).unwrap();
-    assert_eq!(fs.expire(), ["one"]);
-    assert_eq!(fs.mounted_count().0, 1);
-    fs.release(fh);
-    assert_eq!(fs.expire(), ["two"]);
+    assert_eq!(retired(&fs), ["one", "two"]);
+    assert_eq!(fs.mounted_count(), (0, 2));
+    assert_eq!(&fs.read(file.ino, 0, 100).await.unwrap()[..], b"two\n");
 }
 
 #[tokio::test]
-async fn a_replaced_image_keeps_open_files_then_switches() {
+async fn a_replaced_image_keeps_serving_what_the_kernel_holds_then_switches() {
     let (store, fs) = setup(Duration::from_secs(300)).await;
     let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
     let file = fs.lookup(one.ino, b"file.txt").await.unwrap();
-    let fh = fs.open(file.ino, false).unwrap();
-    assert_eq!(&fs.read(fh, 0, 4).await.unwrap()[..], b"vers");
+    assert_eq!(&fs.read(file.ino, 0, 4).await.unwrap()[..], b"vers");
     store.put("images/one.squash", image("version 2, longer\n"));
     fs.refresh().await.unwrap();
-    assert!(fs.expire().is_empty(), "busy image retired");
-    // Cached data of the old version still reads.
-    assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"version 1\n");
-    fs.release(fh);
+    assert_eq!(retired(&fs), ["one"], "outdated image not retired at once");
+    // An open file (its inode still referenced) reads its version from the cache.
     assert_eq!(
-        fs.expire(),
-        ["one"],
-        "outdated idle image not retired at once"
+        &fs.read(file.ino, 0, 100).await.unwrap()[..],
+        b"version 1\n"
     );
     let new_root = fs.lookup(ROOT_INO, b"one").await.unwrap();
     let new_file = fs.lookup(new_root.ino, b"file.txt").await.unwrap();
-    let fh = fs.open(new_file.ino, false).unwrap();
     assert_eq!(
-        &fs.read(fh, 0, 100).await.unwrap()[..],
+        &fs.read(new_file.ino, 0, 100).await.unwrap()[..],
         b"version 2, longer\n"
     );
 }
@@ -237,11 +254,8 @@ async fn removed_images_leave_the_listing() {
     store.remove("images/two.squash");
     store.put("images/three.squash", image("3"));
     fs.refresh().await.unwrap();
-    assert_eq!(
-        names(&fs.readdir(ROOT_INO, 0).unwrap()),
-        [".", "..", "one", "three"]
-    );
-    assert_eq!(fs.expire(), ["two"]);
+    assert_eq!(names(&list(&fs, ROOT_INO, 0)), [".", "..", "one", "three"]);
+    assert_eq!(retired(&fs), ["two"]);
     assert!(fs.lookup(ROOT_INO, b"three").await.is_ok());
 }
 
@@ -305,7 +319,7 @@ async fn sequential_reads_are_served_from_readahead() {
     fs.refresh().await.unwrap();
     let root = fs.lookup(ROOT_INO, b"big").await.unwrap();
     let file = fs.lookup(root.ino, b"big").await.unwrap();
-    let fh = fs.open(file.ino, false).unwrap();
+    let fh = file.ino;
     let chunk = 128 << 10;
     let mut offset = 0;
     for _ in 0..2 {

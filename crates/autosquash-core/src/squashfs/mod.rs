@@ -160,11 +160,6 @@ impl Image {
         }
     }
 
-    /// Drops this image's entries from the shared cache.
-    pub fn forget(&self) {
-        self.cache.forget_image(self.id);
-    }
-
     pub fn root(&self) -> Result<Arc<Inode>> {
         self.inode(self.root_ino)
     }

@@ -299,6 +299,15 @@ async fn start_mount(
     ))
 }
 
+/// Sends kernel invalidations from a blocking thread (see [`fuse::Invalidator::apply`]).
+async fn notify(invalidate: &fuse::Invalidator, what: Vec<autosquash_fs::tree::Invalidation>) {
+    if what.is_empty() {
+        return;
+    }
+    let invalidate = invalidate.clone();
+    let _ = tokio::task::spawn_blocking(move || invalidate.apply(&what)).await;
+}
+
 /// Retires idle images every second; re-lists on change notifications and every interval.
 async fn housekeeping(
     tree: Arc<dyn Tree>,
@@ -317,9 +326,7 @@ async fn housekeeping(
         };
         tokio::select! {
             _ = expiry.tick() => {
-                for (parent, name) in tree.expire() {
-                    invalidate.entry(parent, &name);
-                }
+                notify(&invalidate, tree.expire()).await;
                 if last_list.elapsed() < spec.list_interval {
                     continue;
                 }
@@ -334,8 +341,6 @@ async fn housekeeping(
             warn!(source = %tree.describe(), error = %e, "cannot refresh the listing; keeping the previous one");
         }
         // Changed versions are shown at once, not a tick later.
-        for (parent, name) in tree.expire() {
-            invalidate.entry(parent, &name);
-        }
+        notify(&invalidate, tree.expire()).await;
     }
 }

@@ -142,12 +142,12 @@ pub async fn status(args: StatusArgs) -> Result<()> {
         );
         for image in m["images_mounted"].as_array().into_iter().flatten() {
             println!(
-                "  {:<30} etag {} mounted {}s ago, idle {}s, {} open files{}",
+                "  {:<30} etag {} mounted {}s ago, idle {}s, {} kernel references{}",
                 image["name"].as_str().unwrap_or("?"),
                 image["etag"].as_str().unwrap_or("?"),
                 image["mounted_secs_ago"],
                 image["idle_secs"],
-                image["open_files"],
+                image["kernel_refs"],
                 if image["outdated"].as_bool() == Some(true) {
                     ", outdated"
                 } else {
