@@ -218,6 +218,9 @@ struct State {
     root_mtime: u32,
     /// The root listing changed since the kernel was last told (it caches listings).
     root_changed: bool,
+    /// Numbers under which root entries are listed before their image is mounted (slot 0),
+    /// one per name for the daemon's life, so a number never names two images.
+    placeholders: HashMap<String, u64>,
 }
 
 pub struct AutoFs {
@@ -764,7 +767,8 @@ impl AutoFs {
             next,
         };
         if ino == ROOT_INO {
-            let state = self.state();
+            let mut state = self.state();
+            let state = &mut *state;
             for item in [dot(ROOT_INO, b".", 1), dot(ROOT_INO, b"..", 2)] {
                 if item.next > offset && add(&item, None) {
                     return Ok(());
@@ -776,8 +780,15 @@ impl AutoFs {
                     let root = m.image.root().ok()?;
                     Some((m, self.attr_of(m, &root)))
                 });
+                let ino = match &mounted {
+                    Some((_, attr)) => attr.ino,
+                    None => {
+                        let next = state.placeholders.len() as u64 + 2;
+                        *state.placeholders.entry(name.clone()).or_insert(next)
+                    }
+                };
                 let item = DirItem {
-                    ino: mounted.as_ref().map_or(2 + i as u64, |(_, a)| a.ino),
+                    ino,
                     kind: FileKind::Directory,
                     name: name.as_bytes().to_vec(),
                     next: 3 + i as u64,

@@ -109,6 +109,22 @@ struct FuseFs {
     runtime: Handle,
 }
 
+impl FuseFs {
+    /// Runs a request's work on this FUSE thread as far as it goes without waiting: data in
+    /// memory or in the page cache (a local image, the disk cache) is answered here, with no
+    /// hop to another thread. Work that must wait (on the store, on disk) moves to the
+    /// runtime as it is, nothing done twice.
+    fn run_here_or_spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let _runtime = self.runtime.enter();
+        let mut work = Box::pin(work);
+        let waker = futures::task::noop_waker();
+        let mut context = std::task::Context::from_waker(&waker);
+        if work.as_mut().poll(&mut context).is_pending() {
+            self.runtime.spawn(work);
+        }
+    }
+}
+
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Big reads and many requests in flight: data comes from a high-latency store.
@@ -177,7 +193,7 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
+        self.run_here_or_spawn(async move {
             match fs.read(ino.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e)),

@@ -347,3 +347,63 @@ async fn sequential_reads_are_served_from_readahead() {
         offset += got.len() as u64;
     }
 }
+
+/// Readdirplus entries count as kernel references, as lookups do, but only the entries that
+/// fit the kernel's buffer (and never `.` or `..`): the slot lives until each one is
+/// forgotten, and no longer.
+#[tokio::test]
+async fn readdirplus_entries_are_references_until_forgotten() {
+    let (_store, fs) = setup(Duration::from_millis(50)).await;
+    let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
+    let many = fs.lookup(one.ino, b"many").await.unwrap();
+    let mut given = Vec::new();
+    let mut offset = 0;
+    loop {
+        // A buffer with room for 7 entries, as a small kernel buffer would be.
+        let mut page = Vec::new();
+        fs.readdir(many.ino, offset, true, &mut |item, attr| {
+            if page.len() == 7 {
+                return true;
+            }
+            page.push((item.clone(), attr.cloned()));
+            false
+        })
+        .unwrap();
+        let Some((last, _)) = page.last() else { break };
+        offset = last.next;
+        given.extend(page);
+    }
+    let counted: Vec<u64> = given
+        .iter()
+        .filter_map(|(item, attr)| attr.as_ref().map(|a| (item.ino, a.ino)))
+        .map(|(ino, attr_ino)| {
+            assert_eq!(ino, attr_ino);
+            ino
+        })
+        .collect();
+    assert_eq!(
+        counted.len(),
+        50,
+        "every entry but . and .. carries attributes"
+    );
+    assert!(given.iter().take(2).all(|(_, attr)| attr.is_none()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(retired(&fs), ["one"]);
+    fs.forget(one.ino, 1);
+    fs.forget(many.ino, 1);
+    for (i, ino) in counted.iter().enumerate() {
+        fs.expire();
+        assert_eq!(
+            fs.mounted_count(),
+            (0, 1),
+            "slot freed with {i} entries forgotten"
+        );
+        fs.forget(*ino, 1);
+    }
+    fs.expire();
+    assert_eq!(
+        fs.mounted_count(),
+        (0, 0),
+        "slot kept after every reference was forgotten"
+    );
+}
