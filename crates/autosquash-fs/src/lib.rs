@@ -2,6 +2,24 @@
 //! image lifecycle (mount on lookup, idle expiry, version changes) and the inode mapping.
 //! `fs` (images) and `objects` (the plain object view) hold the logic with their own types,
 //! behind the `Tree` trait; `fuse` is the only module that speaks FUSE.
+//!
+//! # Threads
+//! - **FUSE threads**, one per CPU (at least 2), each reading its own cloned `/dev/fuse` fd.
+//!   A request is worked on right there as far as it goes without waiting: lookups, attributes,
+//!   listings and xattrs from memory, reads whose blocks are cached or whose bytes are in the
+//!   page cache (a local image; the disk cache). Decompression therefore runs on these
+//!   threads, a pool bounded by the CPU count. A FUSE thread never waits on the network and
+//!   never calls `block_on`.
+//! - **The tokio runtime** takes over a request that must wait: mounting an image (reading its
+//!   superblock and tables), a store read, a disk read that is not in the page cache (on the
+//!   blocking pool, never on an async worker). Its future moves over as it is; nothing is
+//!   done twice. Readahead and housekeeping (listing refreshes, idle expiry) run there too.
+//! - **Kernel notifications** (dentry and inode invalidations) are sent from the blocking pool:
+//!   the kernel may hold a directory lock that a request being answered waits on.
+//!
+//! No lock is held across a store read or a kernel notification; the state lock is never held
+//! while an image is dropped or a cache is scanned; each image has its own mount in flight, so
+//! a slow image delays nobody else.
 
 pub mod error;
 pub mod fs;
