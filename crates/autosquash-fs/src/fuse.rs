@@ -4,8 +4,9 @@
 //! - files are opened without a request (`open` answers ENOSYS once, the kernel then opens
 //!   every file itself and keeps its page cache), so a hot file costs no request at all; no
 //!   FLUSH either (ENOSYS once); reads name the inode;
-//! - readdirplus hands out attributes with the listing (no LOOKUP per entry of a `find`), and
-//!   image directories are cached by the kernel (`FOPEN_CACHE_DIR`);
+//! - directories too are opened without a request, and their listings cached by the kernel
+//!   (the ones that change are invalidated when they do); readdirplus hands out attributes
+//!   with the listing (no LOOKUP per entry of a `find`);
 //! - reads are up to 1 MiB (the mount's readahead is raised after mounting: FUSE_INIT caps
 //!   it at 128 KiB), and entries inside pinned images live practically forever.
 //!
@@ -20,10 +21,10 @@ use crate::fs::{Attr, DirItem, ROOT_INO};
 use crate::tree::{Invalidation, Tree};
 use autosquash_core::FileKind;
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -250,22 +251,12 @@ impl Filesystem for FuseFs {
         reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        match self.fs.getattr(ino.0) {
-            Ok(attr) if attr.kind == FileKind::Directory => {
-                let cache = if self.fs.dir_is_immutable(ino.0) {
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(0), cache)
-            }
-            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
-            Err(e) => reply.error(errno(&e)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Zero-message opendir, as for files: after one ENOSYS the kernel opens directories
+        // itself (no OPENDIR and RELEASEDIR per directory) and caches their listings. The
+        // listings that change (the root, object view directories) are invalidated by the
+        // tree when they do (`Tree::expire`).
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn readdir(

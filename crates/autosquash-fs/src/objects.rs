@@ -240,12 +240,6 @@ impl crate::tree::Tree for ObjectFs {
         Ok(())
     }
 
-    fn dir_is_immutable(&self, _ino: u64) -> bool {
-        // Refreshes change directories; they are invalidated then (see `refresh`), but a
-        // listing read while a refresh runs could be cached stale.
-        false
-    }
-
     async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let h = match self.state().nodes.get(&ino) {
             Some(Node::File(f)) => f.clone(),

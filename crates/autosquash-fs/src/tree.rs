@@ -26,9 +26,6 @@ pub trait Tree: Send + Sync + 'static {
         plus: bool,
         add: &mut dyn FnMut(&DirItem, Option<&Attr>) -> bool,
     ) -> FsResult<()>;
-    /// Whether directory `ino`'s listing never changes while the kernel knows it, so the
-    /// kernel may cache it (`FOPEN_CACHE_DIR`).
-    fn dir_is_immutable(&self, ino: u64) -> bool;
     /// Reads file `ino` (files are opened without a request, so reads name the inode).
     async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes>;
     fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>>;

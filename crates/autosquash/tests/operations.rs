@@ -221,9 +221,14 @@ fn a_pushed_tarball_shows_up_in_a_running_daemon_without_restart() {
         std::fs::read(mnt.join("course/data/reads.fq")).unwrap(),
         pseudo_random_bytes(3, 300_000)
     );
-    assert!(
-        std::fs::read_dir(&mnt)
-            .unwrap()
-            .any(|e| e.unwrap().file_name() == "course")
+    // The kernel caches the root listing; the daemon invalidates it at its next tick.
+    wait_for(
+        Duration::from_secs(5),
+        "the root listing to show it",
+        || {
+            std::fs::read_dir(&mnt)
+                .unwrap()
+                .any(|e| e.unwrap().file_name() == "course")
+        },
     );
 }

@@ -291,10 +291,6 @@ impl crate::tree::Tree for AutoFs {
     ) -> FsResult<()> {
         AutoFs::readdir(self, ino, offset, plus, add)
     }
-    fn dir_is_immutable(&self, ino: u64) -> bool {
-        // Image directories are pinned to one version; the root changes with the listing.
-        ino != ROOT_INO
-    }
     async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         AutoFs::read(self, ino, offset, size).await
     }
