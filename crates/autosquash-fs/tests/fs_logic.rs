@@ -407,3 +407,68 @@ async fn readdirplus_entries_are_references_until_forgotten() {
         "slot kept after every reference was forgotten"
     );
 }
+
+/// A store whose reads panic once `armed`: stands in for a bug anywhere below a request.
+struct PanickingStore {
+    inner: Arc<MemStore>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl autosquash_core::Store for PanickingStore {
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> autosquash_core::Result<Vec<autosquash_core::ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn head(&self, key: &str) -> autosquash_core::Result<autosquash_core::ObjectMeta> {
+        self.inner.head(key).await
+    }
+    async fn read(
+        &self,
+        object: &autosquash_core::ObjectMeta,
+        range: std::ops::Range<u64>,
+    ) -> autosquash_core::Result<bytes::Bytes> {
+        if self.armed.load(std::sync::atomic::Ordering::Relaxed) {
+            panic!("a bug below a request");
+        }
+        self.inner.read(object, range).await
+    }
+    fn describe(&self) -> String {
+        "panicking".into()
+    }
+}
+
+/// A panic in a request is an EIO for that request, counted (for `status`), and the image
+/// keeps serving what does not panic.
+#[tokio::test]
+async fn a_panic_in_a_request_is_eio_and_counted() {
+    let inner = Arc::new(MemStore::new());
+    inner.put("one.squash", image("version 1\n"));
+    let store = Arc::new(PanickingStore {
+        inner,
+        armed: false.into(),
+    });
+    let fs = AutoFs::new(store.clone(), FsConfig::default());
+    fs.refresh().await.unwrap();
+    let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
+    let file = fs.lookup(one.ino, b"file.txt").await.unwrap();
+    let before = autosquash_fs::fs::panics();
+    store
+        .armed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(
+        fs.read(file.ino, 0, 100).await,
+        Err(FsError::Io(_))
+    ));
+    assert!(
+        autosquash_fs::fs::panics() > before,
+        "the panic was not counted"
+    );
+    assert_eq!(
+        fs.getattr(file.ino).unwrap().size,
+        10,
+        "the image stopped serving"
+    );
+}
