@@ -136,8 +136,10 @@ impl Disk {
         h
     }
 
-    /// The chunk if it is on disk and intact; a damaged file is removed.
-    pub fn get(&self, key: &str, etag: &str, index: u64) -> Option<Bytes> {
+    /// The chunk if it is on disk and intact; a damaged file is removed. The file is read
+    /// inline when its pages are in memory, else on the blocking pool (never on an async
+    /// worker), so concurrent callers read from disk in parallel.
+    pub async fn get(&self, key: &str, etag: &str, index: u64) -> Option<Bytes> {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
@@ -148,7 +150,16 @@ impl Disk {
             let clock = idx.clock;
             idx.entries.get_mut(&path)?.1 = clock;
         }
-        let bytes = std::fs::read(&path).ok();
+        let bytes = match read_if_cached(&path) {
+            Some(bytes) => Some(bytes),
+            None => {
+                let owned = path.clone();
+                tokio::task::spawn_blocking(move || std::fs::read(owned).ok())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
         let header = Self::header(key, etag, index);
         let valid = bytes.as_ref().and_then(|b| {
             let body = b.strip_prefix(header.as_slice())?;
@@ -233,6 +244,17 @@ impl Disk {
             self.remove(&path);
         }
     }
+}
+
+/// The whole file, if every page of it is in memory (`RWF_NOWAIT`); `None` to read it from
+/// disk elsewhere (or if it cannot be opened: the blocking read reports that).
+fn read_if_cached(path: &Path) -> Option<Vec<u8>> {
+    let file = std::fs::File::open(path).ok()?;
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    let mut buf = vec![0; len];
+    let mut io = [std::io::IoSliceMut::new(&mut buf)];
+    let n = rustix::io::preadv2(&file, &mut io, 0, rustix::io::ReadWriteFlags::NOWAIT).ok()?;
+    (n == len).then_some(buf)
 }
 
 fn write_atomically(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {

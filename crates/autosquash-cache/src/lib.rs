@@ -63,9 +63,9 @@ impl<S: Store> CachedStore<S> {
     /// reader has in flight, or fetched here, runs of adjacent chunks in one request each.
     async fn chunks(&self, object: &ObjectMeta, first: u64, last: u64) -> Result<Vec<Bytes>> {
         let (key, etag, size) = (object.key.as_str(), object.etag.as_str(), object.size);
-        let mut out: Vec<Option<Bytes>> = (first..=last)
-            .map(|i| self.disk.get(key, etag, i))
-            .collect();
+        // Chunks on disk are read concurrently (in parallel when they must come from disk).
+        let mut out: Vec<Option<Bytes>> =
+            futures::future::join_all((first..=last).map(|i| self.disk.get(key, etag, i))).await;
         // Claim the missing chunks nobody is fetching; wait for the others.
         let mut mine: Vec<(u64, watch::Sender<Option<Result<Bytes>>>)> = Vec::new();
         let mut theirs: Vec<(u64, watch::Receiver<Option<Result<Bytes>>>)> = Vec::new();
