@@ -52,6 +52,8 @@ struct State {
     next_ino: u64,
     /// Kernel references per inode (lookups and readdirplus entries minus forgets).
     refs: HashMap<u64, u64>,
+    /// Files of replaced versions kept only because the kernel still references them.
+    retired: std::collections::HashSet<u64>,
     /// Caches the kernel must drop after a refresh changed the tree (see `expire`).
     changed: Vec<Invalidation>,
 }
@@ -177,7 +179,7 @@ impl crate::tree::Tree for ObjectFs {
         if left == 0 {
             state.refs.remove(&ino);
             // A replaced version nobody references any more.
-            if !state.inos.values().any(|&i| i == ino) {
+            if state.retired.remove(&ino) {
                 state.nodes.remove(&ino);
             }
         }
@@ -365,9 +367,12 @@ impl crate::tree::Tree for ObjectFs {
                 state.changed.push(Invalidation::Inode(*ino));
             }
         }
-        for (&ino, _) in state.refs.iter() {
-            if let Some(node @ Node::File(_)) = state.nodes.remove(&ino) {
-                nodes.entry(ino).or_insert(node);
+        for &ino in state.refs.keys() {
+            if let Some(node @ Node::File(_)) = state.nodes.remove(&ino)
+                && !nodes.contains_key(&ino)
+            {
+                nodes.insert(ino, node);
+                state.retired.insert(ino);
             }
         }
         state.inos = inos;
