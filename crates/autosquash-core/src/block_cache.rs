@@ -61,9 +61,17 @@ impl Weighter<Key, Value> for ByteWeighter {
     }
 }
 
+/// The cache's hasher: random per process, except under the fuzzer, whose run must be the
+/// same on every machine for CI to give the same verdict (the hash decides shards and
+/// evictions, and with them which code runs).
+#[cfg(not(fuzzing))]
+pub(crate) type Hasher = std::collections::hash_map::RandomState;
+#[cfg(fuzzing)]
+pub(crate) type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
 /// The shared decompressed-data cache, bounded to a byte budget.
 pub struct BlockCache {
-    cache: quick_cache::sync::Cache<Key, Value, ByteWeighter>,
+    cache: quick_cache::sync::Cache<Key, Value, ByteWeighter, Hasher>,
     lookups: AtomicU64,
     misses: AtomicU64,
 }
@@ -72,10 +80,12 @@ impl BlockCache {
     pub fn new(budget_bytes: u64) -> Arc<Self> {
         let estimated_items = (budget_bytes / 32768).clamp(64, 1 << 20) as usize;
         Arc::new(Self {
-            cache: quick_cache::sync::Cache::with_weighter(
+            cache: quick_cache::sync::Cache::with(
                 estimated_items,
                 budget_bytes,
                 ByteWeighter,
+                Hasher::default(),
+                Default::default(),
             ),
             lookups: AtomicU64::new(0),
             misses: AtomicU64::new(0),

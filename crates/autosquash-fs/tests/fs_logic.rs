@@ -62,15 +62,19 @@ fn page(fs: &AutoFs, ino: u64, offset: u64, n: usize) -> Vec<autosquash_fs::fs::
     out
 }
 
-/// Names of the images `expire` retired (root dentries to invalidate).
+/// Names of the images `expire` retired (root dentries to invalidate), sorted: the order in
+/// which they are retired is not part of the contract.
 fn retired(fs: &AutoFs) -> Vec<String> {
-    fs.expire()
+    let mut names: Vec<String> = fs
+        .expire()
         .into_iter()
         .filter_map(|i| match i {
             Invalidation::Entry(ROOT_INO, name) => Some(String::from_utf8(name).unwrap()),
             _ => None,
         })
-        .collect()
+        .collect();
+    names.sort();
+    names
 }
 
 fn names(items: &[autosquash_fs::fs::DirItem]) -> Vec<String> {

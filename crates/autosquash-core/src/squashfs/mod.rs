@@ -49,7 +49,7 @@ pub struct Image {
     pub(crate) ids: Vec<u32>,
     pub(crate) cache: Arc<BlockCache>,
     /// Inode numbers handed out so far (the kernel may ask for any of them later).
-    known: RwLock<HashMap<u32, Known>>,
+    known: RwLock<HashMap<u32, Known, crate::block_cache::Hasher>>,
     root_ino: u32,
 }
 
