@@ -149,6 +149,12 @@ impl BlockCache {
             .await
     }
 
+    /// Drops everything an image left behind (called when an image is forgotten): a scan of
+    /// the whole cache, so never under a lock that requests need.
+    pub fn forget_image(&self, image: u64) {
+        self.cache.retain(|k, _| k.image != image);
+    }
+
     /// A new namespace for cache keys: one per opened image or object version, so versions
     /// never mix.
     pub fn namespace() -> u64 {

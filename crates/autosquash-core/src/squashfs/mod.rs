@@ -137,6 +137,11 @@ impl Image {
         Ok(Arc::new(image))
     }
 
+    /// Drops this image's entries from the shared cache (a scan of the whole cache).
+    pub fn forget(&self) {
+        self.cache.forget_image(self.id);
+    }
+
     /// Bytes this image keeps while open (its compressed tables), outside the shared cache.
     pub fn resident_bytes(&self) -> u64 {
         self.tables.bytes.len() as u64

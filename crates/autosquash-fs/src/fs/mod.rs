@@ -119,8 +119,10 @@ struct Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        // The image's entries in the shared cache are not scanned out (that would walk the
-        // whole cache): nothing asks for its namespace again, so they are the first evicted.
+        // Its entries leave the shared cache now rather than by eviction, so memory follows
+        // what is mounted. A scan of the cache: the last reference is dropped outside the
+        // state lock (see `expire`).
+        self.image.forget();
         info!(image = %self.name, slot = self.slot, "image unmounted");
     }
 }
