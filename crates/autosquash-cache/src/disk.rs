@@ -250,7 +250,11 @@ impl Disk {
 /// disk elsewhere (or if it cannot be opened: the blocking read reports that).
 fn read_if_cached(path: &Path) -> Option<Vec<u8>> {
     let file = std::fs::File::open(path).ok()?;
-    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    // A chunk file is a chunk plus a short header: anything larger is damaged (the blocking
+    // read and the CRC check then drop it), never a reason for a large allocation here.
+    let len = usize::try_from(file.metadata().ok()?.len())
+        .ok()
+        .filter(|&n| n <= 2 * crate::CHUNK as usize)?;
     let mut buf = vec![0; len];
     let mut io = [std::io::IoSliceMut::new(&mut buf)];
     let n = rustix::io::preadv2(&file, &mut io, 0, rustix::io::ReadWriteFlags::NOWAIT).ok()?;
