@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use tracing::{info, warn};
 
@@ -38,18 +38,25 @@ pub(crate) struct Disk {
     cap: u64,
     enabled: AtomicBool,
     index: Mutex<Index>,
+    /// Chunks evicted so far: a hydration stops when the cache starts evicting.
+    evictions: AtomicU64,
 }
 
 impl Disk {
-    /// Opens (and indexes) the cache for one store under `root`.
+    /// Opens (and indexes) the cache for one store under `root`; a cap of 0 is a cache
+    /// that is off from the start.
     pub fn open(root: PathBuf, cap: u64, store: &str) -> Self {
         let dir = root.join(format!("{:016x}", fnv(&[store.as_bytes()])));
         let disk = Disk {
             dir,
             cap,
-            enabled: AtomicBool::new(true),
+            enabled: AtomicBool::new(cap > 0),
             index: Mutex::default(),
+            evictions: AtomicU64::new(0),
         };
+        if cap == 0 {
+            return disk;
+        }
         match std::fs::create_dir_all(&disk.dir).and_then(|()| disk.scan()) {
             Ok(()) => {
                 let (total, _) = disk.usage();
@@ -104,6 +111,14 @@ impl Disk {
     /// Whether the disk cache is working (a full or failing disk turns it off).
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     pub fn usage(&self) -> (u64, bool) {
@@ -240,6 +255,8 @@ impl Disk {
                 .map(|(_, _, p)| p)
                 .collect()
         };
+        self.evictions
+            .fetch_add(victims.len() as u64, Ordering::Relaxed);
         for path in victims {
             self.remove(&path);
         }

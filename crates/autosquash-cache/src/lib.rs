@@ -1,5 +1,6 @@
 //! `CachedStore<S>`: a [`Store`] that keeps what it reads from `S` on local disk, so a daemon
-//! restart (or a second reader) does not fetch it again.
+//! restart (or a second reader) does not fetch it again, and fetches ahead of its readers:
+//! the daemon's one prefetch pipeline (`prefetch`).
 //!
 //! Objects are cached in aligned chunks of [`CHUNK`] bytes keyed by (store, key, ETag, chunk
 //! index): versions never mix, and a replaced object simply stops being asked for. Each chunk
@@ -8,167 +9,213 @@
 //! leaves a half chunk. The total size stays under a cap by evicting the least recently used
 //! chunks; the index is rebuilt at start from one directory walk (file sizes and mtimes), so
 //! the cache survives restarts. A write that fails (full or failing disk) turns the disk cache
-//! off with one log line; it never fails a read. Concurrent readers of one chunk share one
-//! fetch, and a read spanning several missing chunks fetches them in one ranged request.
+//! off with one log line; it never fails a read.
+//!
+//! Three kinds of fetch share one table of chunks in flight, so no chunk is fetched twice at
+//! once and a reader waits for a chunk already on its way instead of racing it:
+//! - **demand**: the chunks a read needs and the disk lacks, fetched at once, never queued
+//!   (adjacent ones in one request);
+//! - **prefetch**: ahead of each sequential reader, in parts of [`prefetch::PART`] bytes
+//!   under one in-flight budget for the whole daemon;
+//! - **hydration**: the whole of an image in use ([`Store::hydrate`]), in parts, below
+//!   prefetch in that budget.
+//!
+//! With the disk cache off (cap 0, or a failing disk) nothing is hydrated and prefetched
+//! chunks wait in memory, within the budget, until read.
+//!
+//! Threads: all of it runs on the caller's tokio runtime. Demand fetches run in the reading
+//! task; prefetch parts and hydrations in spawned tasks. Chunk files are read inline when
+//! their pages are in memory, else on the blocking pool, where background parts are also
+//! written.
 
 mod disk;
+mod prefetch;
 
-use autosquash_core::{Error, ObjectMeta, Result, Store};
+pub use prefetch::{PART, PipelineConfig};
+
+use autosquash_core::{Error, Hydration, ObjectMeta, Result, Store};
 use bytes::{Bytes, BytesMut};
 use disk::Disk;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 /// Chunk size: two 128 KiB blocks. Larger chunks waste bytes on random reads (a small file's
 /// fragment pulls its whole chunk); adjacent missing chunks are fetched in one request anyway.
 pub const CHUNK: u64 = 256 << 10;
 
-/// A chunk being fetched: readers wait for the value the fetching reader sends.
-type Flight = watch::Receiver<Option<Result<Bytes>>>;
+/// What a chunk fetch delivers to the readers waiting for it.
+type Sent = Option<Result<Bytes>>;
+/// A chunk being fetched: readers wait for the value the fetching task sends.
+type Flight = watch::Receiver<Sent>;
+/// An entry of the table of chunks on their way: being fetched, or only queued for a
+/// prefetch part that waits for budget (`None`), which a demand read takes over.
+type OnTheWay = Option<Flight>;
+/// A chunk this task has claimed and must fetch.
+type Claim = (u64, watch::Sender<Sent>);
 
 pub struct CachedStore<S: Store> {
-    inner: S,
-    disk: Disk,
-    /// Chunk fetches in progress, shared by concurrent readers.
-    flights: Mutex<HashMap<PathBuf, Flight>>,
-    /// Per object version: the chunk after the last miss, and the current fetch-ahead window.
-    patterns: Mutex<HashMap<(String, String), (u64, u64)>>,
+    shared: Arc<Shared<S>>,
 }
 
-/// Fetch-ahead window of a sequential reader, in chunks (1 MiB to 16 MiB).
-const AHEAD_MIN: u64 = (1 << 20) / CHUNK;
-const AHEAD_MAX: u64 = (16 << 20) / CHUNK;
+/// The state demand reads and background tasks share.
+struct Shared<S: Store> {
+    inner: S,
+    disk: Disk,
+    /// Chunks being fetched or queued for prefetch, shared by concurrent readers.
+    flights: Mutex<HashMap<PathBuf, OnTheWay>>,
+    pipeline: prefetch::Pipeline,
+}
+
+/// The chunks of one span, sorted by who gets them.
+#[derive(Default)]
+struct Claimed {
+    /// Fetched by this task.
+    mine: Vec<Claim>,
+    /// Being fetched by another.
+    theirs: Vec<(u64, Flight)>,
+    /// Landed on disk since this task looked.
+    landed: Vec<u64>,
+}
 
 impl<S: Store> CachedStore<S> {
-    /// A cache in `dir` (created if needed) of at most `cap_bytes`.
+    /// A cache in `dir` (created if needed) of at most `cap_bytes` (0: no disk cache), with
+    /// the default pipeline settings.
     pub fn new(inner: S, dir: PathBuf, cap_bytes: u64) -> Self {
+        Self::with_config(inner, dir, cap_bytes, PipelineConfig::default())
+    }
+
+    pub fn with_config(inner: S, dir: PathBuf, cap_bytes: u64, config: PipelineConfig) -> Self {
         let disk = Disk::open(dir, cap_bytes, &inner.describe());
         Self {
-            inner,
-            disk,
-            flights: Mutex::default(),
-            patterns: Mutex::default(),
+            shared: Arc::new(Shared {
+                inner,
+                disk,
+                flights: Mutex::default(),
+                pipeline: prefetch::Pipeline::new(config),
+            }),
         }
     }
 
     /// Bytes on disk, and whether the disk cache is working.
     pub fn disk_usage(&self) -> (u64, bool) {
-        self.disk.usage()
+        self.shared.disk.usage()
+    }
+}
+
+impl<S: Store> Shared<S> {
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, OnTheWay>> {
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Chunks `first..=last` of an object of `size` bytes: from disk, from a fetch another
-    /// reader has in flight, or fetched here, runs of adjacent chunks in one request each.
+    /// Sorts `indices` of `object` into chunks to fetch here (missing, or only queued),
+    /// chunks in flight elsewhere and chunks that landed meanwhile; the first are registered
+    /// as in flight.
+    fn claim(&self, object: &ObjectMeta, indices: impl Iterator<Item = u64>) -> Claimed {
+        let mut claimed = Claimed::default();
+        let mut flights = self.flights();
+        for i in indices {
+            let path = self.disk.path(&object.key, &object.etag, i);
+            match flights.get(&path) {
+                Some(Some(rx)) => claimed.theirs.push((i, rx.clone())),
+                None if self.disk.contains(&path) || self.pipeline.is_staged(&path) => {
+                    claimed.landed.push(i)
+                }
+                Some(None) | None => {
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(path, Some(rx));
+                    claimed.mine.push((i, tx));
+                }
+            }
+        }
+        claimed
+    }
+
+    /// Marks the chunks of `chunks` nobody has or fetches as queued for prefetch.
+    fn queue(&self, object: &ObjectMeta, chunks: Range<u64>) {
+        let mut flights = self.flights();
+        for i in chunks {
+            let path = self.disk.path(&object.key, &object.etag, i);
+            if !flights.contains_key(&path)
+                && !self.disk.contains(&path)
+                && !self.pipeline.is_staged(&path)
+            {
+                flights.insert(path, None);
+            }
+        }
+    }
+
+    /// Whether a chunk of `first..=last` is in flight or waits in memory (disk cache off).
+    fn fetched_ahead(&self, object: &ObjectMeta, first: u64, last: u64) -> bool {
+        let flights = self.flights();
+        (first..=last).any(|i| {
+            let path = self.disk.path(&object.key, &object.etag, i);
+            flights.contains_key(&path) || self.pipeline.is_staged(&path)
+        })
+    }
+
+    /// A chunk from disk or, with the disk cache off, from what prefetch left in memory.
+    async fn landed(&self, object: &ObjectMeta, i: u64) -> Option<Bytes> {
+        let path = self.disk.path(&object.key, &object.etag, i);
+        match self.pipeline.take_staged(&path) {
+            Some(data) => Some(data),
+            None => self.disk.get(&object.key, &object.etag, i).await,
+        }
+    }
+
+    /// Demand: chunks `first..=last` of `object`, from disk, from a fetch in flight, or
+    /// fetched here at once.
     async fn chunks(&self, object: &ObjectMeta, first: u64, last: u64) -> Result<Vec<Bytes>> {
-        let (key, etag, size) = (object.key.as_str(), object.etag.as_str(), object.size);
         // Chunks on disk are read concurrently (in parallel when they must come from disk).
         let mut out: Vec<Option<Bytes>> =
-            futures::future::join_all((first..=last).map(|i| self.disk.get(key, etag, i))).await;
-        // Claim the missing chunks nobody is fetching; wait for the others.
-        let mut mine: Vec<(u64, watch::Sender<Option<Result<Bytes>>>)> = Vec::new();
-        let mut theirs: Vec<(u64, watch::Receiver<Option<Result<Bytes>>>)> = Vec::new();
-        {
-            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-            for i in (first..=last).filter(|i| out[(i - first) as usize].is_none()) {
-                let path = self.disk.path(key, etag, i);
-                match flights.get(&path) {
-                    Some(rx) => theirs.push((i, rx.clone())),
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        flights.insert(path, rx);
-                        mine.push((i, tx));
-                    }
-                }
-            }
-            // A reader going forward through the object: extend the request with the chunks
-            // after it (same round trip), stopping at the first one cached or in flight.
-            if mine.last().is_some_and(|(i, _)| *i == last) {
-                for i in self.ahead(key, etag, size, mine[0].0, last) {
-                    let path = self.disk.path(key, etag, i);
-                    if self.disk.contains(&path) || flights.contains_key(&path) {
-                        break;
-                    }
-                    let (tx, rx) = watch::channel(None);
-                    flights.insert(path, rx);
-                    mine.push((i, tx));
-                }
-            }
-        }
-        let fetched = self.fetch_claimed(object, &mine).await;
-        {
-            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-            for (i, _) in &mine {
-                flights.remove(&self.disk.path(key, etag, *i));
-            }
-        }
-        for ((i, tx), result) in mine.iter().zip(fetched) {
-            let _ = tx.send(Some(result.clone()));
-            // Chunks fetched ahead are only stored; their errors concern nobody yet.
-            if *i <= last {
-                out[(i - first) as usize] = Some(result?);
-            }
-        }
-        for (i, mut rx) in theirs {
-            let waited = rx.wait_for(Option::is_some).await.map(|v| v.clone());
-            let result = match waited {
-                Ok(value) => value.unwrap_or_else(|| Err(Error::store(key, "fetch vanished"))),
-                // The fetching reader was cancelled: fetch it here.
-                Err(_) => {
-                    let path = self.disk.path(key, etag, i);
-                    self.flights
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&path);
-                    let range = i * CHUNK..((i + 1) * CHUNK).min(size);
-                    let data = self.inner.read(object, range).await;
-                    if let Ok(data) = &data {
-                        self.disk.put(key, etag, i, data);
-                    }
-                    data
-                }
-            };
+            futures::future::join_all((first..=last).map(|i| self.landed(object, i))).await;
+        let missing = (first..=last).filter(|i| out[(i - first) as usize].is_none());
+        let claimed = self.claim(object, missing);
+        let fetched = self.fetch(object, &claimed.mine, false).await;
+        for ((i, _), result) in claimed.mine.iter().zip(fetched) {
             out[(i - first) as usize] = Some(result?);
+        }
+        for (i, rx) in claimed.theirs {
+            out[(i - first) as usize] = Some(self.wait(object, i, rx).await?);
+        }
+        for i in claimed.landed {
+            let data = match self.landed(object, i).await {
+                Some(data) => data,
+                // Evicted again in between: rare enough to fetch alone.
+                None => self.inner.read(object, chunk_range(object, i)).await?,
+            };
+            out[(i - first) as usize] = Some(data);
         }
         Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
-    /// Chunks to fetch ahead of a miss at `from..=last`: none for a random reader; for one that
-    /// continues where its last miss ended, a window that doubles from 1 MiB to 16 MiB.
-    fn ahead(
-        &self,
-        key: &str,
-        etag: &str,
-        size: u64,
-        from: u64,
-        last: u64,
-    ) -> std::ops::Range<u64> {
-        let mut patterns = self.patterns.lock().unwrap_or_else(PoisonError::into_inner);
-        if patterns.len() > 10_000 {
-            patterns.clear();
+    /// The chunk another task is fetching; fetched here if that task went away.
+    async fn wait(&self, object: &ObjectMeta, i: u64, mut rx: Flight) -> Result<Bytes> {
+        match rx.wait_for(Option::is_some).await.map(|v| v.clone()) {
+            Ok(value) => value.unwrap_or_else(|| Err(Error::store(&object.key, "fetch vanished"))),
+            Err(_) => {
+                self.flights()
+                    .remove(&self.disk.path(&object.key, &object.etag, i));
+                let data = self.inner.read(object, chunk_range(object, i)).await;
+                if let Ok(data) = &data {
+                    self.disk.put(&object.key, &object.etag, i, data);
+                }
+                data
+            }
         }
-        let entry = patterns
-            .entry((key.to_owned(), etag.to_owned()))
-            .or_insert((u64::MAX, 0));
-        let sequential = entry.0 != u64::MAX && from + 2 >= entry.0 && from <= entry.0 + 2;
-        let window = if sequential {
-            (entry.1 * 2).clamp(AHEAD_MIN, AHEAD_MAX)
-        } else {
-            0
-        };
-        let end = (last + 1 + window).min(size.div_ceil(CHUNK));
-        *entry = (end, window);
-        last + 1..end
     }
 
-    /// Fetches the claimed chunks, one request per run of adjacent ones, and stores them.
-    async fn fetch_claimed<T>(
+    /// Fetches the claimed chunks, one request per run of adjacent ones; each chunk lands
+    /// (on disk, or in memory for a background fetch with the disk cache off) before its
+    /// waiters are told, so a reader who missed the flight finds it landed.
+    async fn fetch(
         &self,
         object: &ObjectMeta,
-        claimed: &[(u64, T)],
+        claimed: &[Claim],
+        background: bool,
     ) -> Vec<Result<Bytes>> {
-        let (key, etag, size) = (object.key.as_str(), object.etag.as_str(), object.size);
         let mut results = Vec::with_capacity(claimed.len());
         let mut start = 0;
         while start < claimed.len() {
@@ -177,47 +224,80 @@ impl<S: Store> CachedStore<S> {
                 end += 1;
             }
             let (a, b) = (claimed[start].0, claimed[end - 1].0);
-            let range = a * CHUNK..((b + 1) * CHUNK).min(size);
-            match self.inner.read(object, range).await {
-                Ok(data) => {
-                    for i in a..=b {
+            let range = a * CHUNK..((b + 1) * CHUNK).min(object.size);
+            let run: Vec<Result<Bytes>> = match self.inner.read(object, range).await {
+                Ok(data) => (a..=b)
+                    .map(|i| {
                         let from = ((i - a) * CHUNK) as usize;
-                        let chunk = data
-                            .slice(from.min(data.len())..(from + CHUNK as usize).min(data.len()));
-                        self.disk.put(key, etag, i, &chunk);
-                        results.push(Ok(chunk));
-                    }
+                        let to = (from + CHUNK as usize).min(data.len());
+                        Ok(data.slice(from.min(to)..to))
+                    })
+                    .collect(),
+                Err(e) => (a..=b).map(|_| Err(e.clone())).collect(),
+            };
+            for (i, chunk) in (a..=b).zip(&run) {
+                if let Ok(chunk) = chunk {
+                    self.land(object, i, chunk, background);
                 }
-                Err(e) => results.extend((a..=b).map(|_| Err(e.clone()))),
             }
+            let mut flights = self.flights();
+            for ((i, tx), result) in claimed[start..end].iter().zip(&run) {
+                flights.remove(&self.disk.path(&object.key, &object.etag, *i));
+                let _ = tx.send(Some(result.clone()));
+            }
+            drop(flights);
+            results.extend(run);
             start = end;
         }
         results
     }
+
+    /// Keeps a fetched chunk: on disk, or (a chunk fetched ahead, with the disk cache off) in
+    /// memory until it is read.
+    fn land(&self, object: &ObjectMeta, i: u64, data: &Bytes, background: bool) {
+        if self.disk.enabled() {
+            self.disk.put(&object.key, &object.etag, i, data);
+        } else if background {
+            let path = self.disk.path(&object.key, &object.etag, i);
+            self.pipeline.stage(path, data.clone());
+        }
+    }
+}
+
+/// The byte range of chunk `i` of `object`.
+fn chunk_range(object: &ObjectMeta, i: u64) -> Range<u64> {
+    i * CHUNK..((i + 1) * CHUNK).min(object.size)
 }
 
 #[async_trait::async_trait]
 impl<S: Store> Store for CachedStore<S> {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        self.inner.list(prefix).await
+        self.shared.inner.list(prefix).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        self.inner.head(key).await
+        self.shared.inner.head(key).await
     }
 
     async fn read(&self, object: &ObjectMeta, range: Range<u64>) -> Result<Bytes> {
+        let shared = &self.shared;
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        // A range past the end is the store's to refuse; a disk cache that is off must not
-        // fetch ahead what it cannot keep.
-        if range.end > object.size || !self.disk.enabled() {
-            return self.inner.read(object, range).await;
+        // A range past the end is the store's to refuse.
+        if range.end > object.size {
+            return shared.inner.read(object, range).await;
         }
         let key = object.key.as_str();
         let (first, last) = (range.start / CHUNK, (range.end - 1) / CHUNK);
-        let chunks = self.chunks(object, first, last).await?;
+        // Before this read's own fetch, so the parts after it are on their way at once.
+        shared.prefetch_after(object, first, last);
+        // With the disk cache off, a read that nothing fetched ahead is passed on exactly: a
+        // whole chunk would be fetched only to be thrown away.
+        if !shared.disk.enabled() && !shared.fetched_ahead(object, first, last) {
+            return shared.inner.read(object, range).await;
+        }
+        let chunks = shared.chunks(object, first, last).await?;
         // The part of each chunk inside the range; a range inside one chunk is that chunk's
         // slice, not a copy.
         let piece = |i: u64, chunk: &Bytes| {
@@ -239,10 +319,14 @@ impl<S: Store> Store for CachedStore<S> {
     }
 
     fn describe(&self) -> String {
-        self.inner.describe()
+        self.shared.inner.describe()
     }
 
     fn retries(&self) -> u64 {
-        self.inner.retries()
+        self.shared.inner.retries()
+    }
+
+    fn hydrate(&self, object: &ObjectMeta) -> Option<Hydration> {
+        self.shared.hydrate(object)
     }
 }

@@ -15,4 +15,7 @@ pub mod store;
 pub use block_cache::BlockCache;
 pub use error::{Error, Result};
 pub use squashfs::{DirEntry, FileKind, Image, Inode, Walked};
-pub use store::{CountingStore, DirStore, MemStore, ObjectMeta, Store, StoreCounters};
+pub use store::{
+    CountingStore, DirStore, Hydration, HydrationProgress, HydrationState, MemStore, ObjectMeta,
+    Store, StoreCounters,
+};

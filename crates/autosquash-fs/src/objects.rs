@@ -1,7 +1,8 @@
 //! The plain object view: a prefix's objects as a read-only tree of files, directories made
 //! from the `/` in keys, the way users read single large files (reference genomes) without
 //! putting them in an image. Reads are ranged GETs of 1 MiB chunks pinned to the ETag,
-//! through the shared cache (single-flight), with sequential readahead.
+//! through the shared cache (single-flight); the store's pipeline fetches ahead of a sequential
+//! reader.
 //!
 //! Versions never mix: a file's inode number belongs to one (key, ETag), so a replaced object
 //! is a new inode with no page cache, and the kernel is told to drop the old name's dentry.
@@ -13,14 +14,11 @@ use crate::tree::Invalidation;
 use autosquash_core::{BlockCache, FileKind, ObjectMeta, Store};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::warn;
 
 const CHUNK: u64 = 1 << 20;
-/// Chunks fetched ahead of a sequential reader.
-const READAHEAD_CHUNKS: u64 = 8;
 
 #[derive(Debug, Clone)]
 pub struct ObjectConfig {
@@ -38,8 +36,6 @@ enum Node {
 struct FileNode {
     meta: ObjectMeta,
     namespace: u64,
-    /// Where the last read ended, to detect sequential access.
-    next: AtomicU64,
 }
 
 #[derive(Default)]
@@ -253,18 +249,6 @@ impl crate::tree::Tree for ObjectFs {
             return Ok(Bytes::new());
         }
         let (first, last) = (offset / CHUNK, (end - 1) / CHUNK);
-        // Sequential reader: fetch the next chunks in the background. The kernel's own
-        // readahead is slightly out of order, so "near the last end" counts as sequential.
-        let previous = h.next.swap(end, Ordering::Relaxed);
-        if offset.abs_diff(previous) <= CHUNK {
-            let max = h.meta.size.div_ceil(CHUNK);
-            for index in last + 1..(last + 1 + READAHEAD_CHUNKS).min(max) {
-                let (store, cache, h) = (self.store.clone(), self.cache.clone(), h.clone());
-                tokio::spawn(async move {
-                    let _ = chunk(&*store, &cache, &h, index).await;
-                });
-            }
-        }
         let store = &*self.store;
         let chunks =
             futures::future::try_join_all((first..=last).map(|i| chunk(store, &self.cache, &h, i)))
@@ -346,7 +330,6 @@ impl crate::tree::Tree for ObjectFs {
                         _ => Arc::new(FileNode {
                             meta: object.clone(),
                             namespace: BlockCache::namespace(),
-                            next: AtomicU64::new(0),
                         }),
                     };
                     nodes.entry(ino).or_insert(Node::File(node));

@@ -306,20 +306,39 @@ async fn an_unreachable_store_fails_mounts_with_eio_not_a_hang() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sequential_reads_are_served_from_readahead() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
+/// An image of one 8 MiB file of random bytes, in a disk-cached store over `MemStore`.
+fn cached_big_image(
+    dir: &std::path::Path,
+) -> (
+    Vec<u8>,
+    Arc<MemStore>,
+    Arc<autosquash_cache::CachedStore<Arc<MemStore>>>,
+) {
+    let src = dir.join("src");
     std::fs::create_dir(&src).unwrap();
     let data = autosquash_testkit::corpus::pseudo_random_bytes(4, 8 << 20);
     std::fs::write(src.join("big"), &data).unwrap();
-    mksquashfs(&src, &dir.path().join("i.squash"), &["-comp", "zstd"]);
-    let store = Arc::new(MemStore::new());
-    store.put(
-        "big.squash",
-        std::fs::read(dir.path().join("i.squash")).unwrap(),
-    );
-    let fs = AutoFs::new(store.clone(), FsConfig::default());
+    mksquashfs(&src, &dir.join("i.squash"), &["-comp", "zstd"]);
+    let mem = Arc::new(MemStore::new());
+    mem.put("big.squash", std::fs::read(dir.join("i.squash")).unwrap());
+    let cached = Arc::new(autosquash_cache::CachedStore::new(
+        mem.clone(),
+        dir.join("cache"),
+        1 << 30,
+    ));
+    (data, mem, cached)
+}
+
+/// The store's pipeline sees an image file read in order and fetches ahead of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_reads_are_served_from_what_was_fetched_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, store, cached) = cached_big_image(dir.path());
+    let config = FsConfig {
+        hydrate: false,
+        ..FsConfig::default()
+    };
+    let fs = AutoFs::new(cached, config);
     fs.refresh().await.unwrap();
     let root = fs.lookup(ROOT_INO, b"big").await.unwrap();
     let file = fs.lookup(root.ino, b"big").await.unwrap();
@@ -331,7 +350,7 @@ async fn sequential_reads_are_served_from_readahead() {
         assert!(got[..] == data[offset as usize..offset as usize + chunk as usize]);
         offset += u64::from(chunk);
     }
-    // Let the readahead land; then the next megabyte is read with the store down: it must all
+    // Let the prefetch land; then the next megabyte is read with the store down: it must all
     // come from what was fetched ahead.
     tokio::time::sleep(Duration::from_millis(500)).await;
     store.set_failing(true);
@@ -339,7 +358,7 @@ async fn sequential_reads_are_served_from_readahead() {
         let got = fs
             .read(fh, offset, chunk)
             .await
-            .expect("sequential read missed the readahead");
+            .expect("sequential read missed what was fetched ahead");
         assert!(got[..] == data[offset as usize..offset as usize + chunk as usize]);
         offset += u64::from(chunk);
     }
@@ -347,6 +366,58 @@ async fn sequential_reads_are_served_from_readahead() {
     // Reading on to the end returns the right bytes all the way.
     while offset < data.len() as u64 {
         let got = fs.read(fh, offset, 1 << 20).await.unwrap();
+        assert!(got[..] == data[offset as usize..offset as usize + got.len()]);
+        offset += got.len() as u64;
+    }
+    assert!(
+        store.stats().bytes
+            <= std::fs::metadata(dir.path().join("i.squash"))
+                .unwrap()
+                .len()
+                * 11
+                / 10,
+        "bytes fetched more than once"
+    );
+}
+
+/// Mounting an image starts its hydration (shown by `status`); once done, every file reads
+/// with the store down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_image_is_hydrated_and_then_reads_without_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, store, cached) = cached_big_image(dir.path());
+    let fs = AutoFs::new(cached, FsConfig::default());
+    fs.refresh().await.unwrap();
+    let root = fs.lookup(ROOT_INO, b"big").await.unwrap();
+    let file = fs.lookup(root.ino, b"big").await.unwrap();
+    let state = || {
+        let status = autosquash_fs::Tree::status(&*fs);
+        status["images_mounted"][0]["hydration"]["state"]
+            .as_str()
+            .unwrap_or("none")
+            .to_owned()
+    };
+    for _ in 0..500 {
+        if state() != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state(), "done");
+    let size = std::fs::metadata(dir.path().join("i.squash"))
+        .unwrap()
+        .len();
+    assert!(
+        store.stats().bytes <= size * 105 / 100,
+        "hydration fetched bytes twice"
+    );
+    store.set_failing(true);
+    let mut offset = 0;
+    while offset < data.len() as u64 {
+        let got = fs
+            .read(file.ino, offset, 1 << 20)
+            .await
+            .expect("not hydrated");
         assert!(got[..] == data[offset as usize..offset as usize + got.len()]);
         offset += got.len() as u64;
     }

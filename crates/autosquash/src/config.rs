@@ -31,6 +31,10 @@ pub struct DaemonSection {
     pub memory_limit: Option<String>,
     pub cache_dir: Option<PathBuf>,
     pub cache_size: Option<String>,
+    /// Largest image fetched whole into the disk cache once used ("0": never).
+    pub hydrate_max: Option<String>,
+    /// Bytes per second one image's hydration may fetch ("0": no limit).
+    pub hydrate_bandwidth: Option<String>,
     pub control_socket: Option<PathBuf>,
     pub wait_for_store: Option<bool>,
 }
@@ -69,6 +73,8 @@ pub struct MountSection {
     pub allow_other: Option<bool>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Fetch the whole of each image in use into the disk cache (default true).
+    pub hydrate: Option<bool>,
 }
 
 /// Reads `path`; `None` when no path was asked for and the default file does not exist.
@@ -106,6 +112,7 @@ pub struct MountSpec {
     pub allow_other: bool,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    pub hydrate: bool,
 }
 
 impl MountSection {
@@ -123,8 +130,17 @@ impl MountSection {
             allow_other: self.allow_other.unwrap_or(false),
             uid: self.uid,
             gid: self.gid,
+            hydrate: self.hydrate.unwrap_or(true),
         })
     }
+}
+
+fn size(value: &Option<String>) -> Result<Option<u64>> {
+    value
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(anyhow::Error::msg)
 }
 
 impl ConfigFile {
@@ -138,12 +154,15 @@ impl ConfigFile {
     }
 
     pub fn cache_size(&self) -> Result<Option<u64>> {
-        self.daemon
-            .cache_size
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .map_err(anyhow::Error::msg)
+        size(&self.daemon.cache_size)
+    }
+
+    pub fn hydrate_max(&self) -> Result<Option<u64>> {
+        size(&self.daemon.hydrate_max)
+    }
+
+    pub fn hydrate_bandwidth(&self) -> Result<Option<u64>> {
+        size(&self.daemon.hydrate_bandwidth)
     }
 
     /// S3 settings of the file, overridden by the ones given as flags.

@@ -77,4 +77,8 @@ impl Store for CountingStore {
     fn retries(&self) -> u64 {
         self.inner.retries()
     }
+
+    fn hydrate(&self, object: &ObjectMeta) -> Option<super::Hydration> {
+        self.inner.hydrate(object)
+    }
 }

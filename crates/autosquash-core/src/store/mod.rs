@@ -5,10 +5,12 @@
 
 mod counting;
 mod dir;
+mod hydration;
 mod mem;
 
 pub use counting::{CountingStore, StoreCounters};
 pub use dir::DirStore;
+pub use hydration::{Hydration, HydrationProgress, HydrationState};
 pub use mem::{MemStore, StoreStats};
 
 use crate::error::{Error, Result};
@@ -42,6 +44,12 @@ pub trait Store: Send + Sync + 'static {
     fn retries(&self) -> u64 {
         0
     }
+    /// Starts fetching the whole of `object` into the store's local copy in the background,
+    /// below demand reads; `None` for a store that keeps no copy or will not take this
+    /// object (too large, cache off). Dropping the handle stops it.
+    fn hydrate(&self, _object: &ObjectMeta) -> Option<Hydration> {
+        None
+    }
 }
 
 /// A shared store is a store, so wrappers can hold `Arc<dyn Store>` or `Arc<MemStore>`.
@@ -61,6 +69,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn retries(&self) -> u64 {
         (**self).retries()
+    }
+    fn hydrate(&self, object: &ObjectMeta) -> Option<Hydration> {
+        (**self).hydrate(object)
     }
 }
 

@@ -129,6 +129,7 @@ impl AutoFs {
         for name in &retire {
             if let Some(m) = state.mounted.remove(name) {
                 m.retired.store(true, Ordering::Relaxed);
+                m.stop_hydration();
                 info!(image = %name, "image idle; releasing");
             }
         }
@@ -278,7 +279,11 @@ impl AutoFs {
             image,
             // The lookup that mounts it (see `mount`).
             lookups: AtomicU64::new(1),
-            readahead: Mutex::default(),
+            hydration: Mutex::new(if self.config.hydrate {
+                self.store.hydrate(&meta)
+            } else {
+                None
+            }),
             last_used: AtomicU64::new(self.now_ms()),
             mounted_at: self.now_ms(),
             outdated: AtomicBool::new(false),

@@ -13,14 +13,13 @@
 //!
 //! Modules: this one holds the shared types and the [`crate::Tree`] adapter; `lifecycle` the
 //! slots, mounting, listing refreshes, expiry and the guard around engine calls; `ops` the
-//! requests, the read path among them; `readahead` the sequential detector.
+//! requests, the read path among them. Nothing is fetched ahead here: the store's pipeline
+//! (autosquash-cache) sees the image's bytes read in order and hydrates images in use.
 
 mod lifecycle;
 mod ops;
-mod readahead;
 
 pub use lifecycle::panics;
-use readahead::Readahead;
 
 use crate::error::{FsError, FsResult};
 use crate::tree::Invalidation;
@@ -50,6 +49,8 @@ pub struct FsConfig {
     /// A name missing from the listing is checked with one HEAD at most this often, so an
     /// image uploaded a moment ago is found at once and stray names cost nothing.
     pub negative_ttl: Duration,
+    /// Have the store fetch the whole of each image in use into its local copy.
+    pub hydrate: bool,
 }
 
 impl Default for FsConfig {
@@ -61,6 +62,7 @@ impl Default for FsConfig {
             gid: None,
             memory_limit: 128 << 20,
             negative_ttl: Duration::from_secs(60),
+            hydrate: true,
         }
     }
 }
@@ -105,8 +107,8 @@ struct Mounted {
     /// forgets). Files are opened without a request (see the fuse module), so these
     /// references are what keeps a slot, and with it an open file's image version, alive.
     lookups: AtomicU64,
-    /// Sequential readahead state per squashfs inode being read.
-    readahead: Mutex<HashMap<u32, Readahead>>,
+    /// The store fetching the whole image into its local copy, while the image is used.
+    hydration: Mutex<Option<autosquash_core::Hydration>>,
     /// Milliseconds since the filesystem started, at the last operation.
     last_used: AtomicU64,
     mounted_at: u64,
@@ -115,6 +117,34 @@ struct Mounted {
     retired: AtomicBool,
     /// A request on this mount panicked (logged once).
     panicked: AtomicBool,
+}
+
+impl Mounted {
+    /// How far the store's hydration of this image got (`null` if there is none).
+    fn hydration_status(&self) -> serde_json::Value {
+        let hydration = self
+            .hydration
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(h) = hydration.as_ref() else {
+            return serde_json::Value::Null;
+        };
+        let p = h.progress();
+        serde_json::json!({
+            "state": format!("{:?}", p.state()).to_lowercase(),
+            "size": p.size,
+            "cached": p.cached.load(Ordering::Relaxed),
+            "fetched": p.fetched.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Stops fetching the image ahead (it went idle or was replaced).
+    fn stop_hydration(&self) {
+        self.hydration
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
 }
 
 impl Drop for Mounted {
@@ -329,6 +359,7 @@ impl crate::tree::Tree for AutoFs {
                     "idle_secs": now.saturating_sub(m.last_used.load(Ordering::Relaxed)) / 1000,
                     "kernel_refs": m.lookups.load(Ordering::Relaxed),
                     "outdated": m.outdated.load(Ordering::Relaxed),
+                    "hydration": m.hydration_status(),
                 })
             })
             .collect();

@@ -4,23 +4,6 @@
 
 use super::lifecycle::guarded;
 use super::*;
-use autosquash_core::Inode;
-use readahead::{READAHEAD_MAX, READAHEAD_PART};
-
-/// Fetches `range` of a file into the cache in the background, in parallel parts. Errors are
-/// ignored: the read that needs the data will fetch it again and report them.
-fn prefetch(m: &Arc<Mounted>, inode: &Arc<Inode>, range: std::ops::Range<u64>) {
-    let end = range.end.min(inode.size);
-    let mut part = range.start;
-    while part < end {
-        let len = READAHEAD_PART.min(end - part);
-        let (m, inode) = (m.clone(), inode.clone());
-        tokio::spawn(async move {
-            let _ = guarded(&m, m.image.read(&inode, part, len as usize)).await;
-        });
-        part += len;
-    }
-}
 
 impl AutoFs {
     /// Looks `name` up in `parent`; on success the kernel holds one more reference. Only a
@@ -205,26 +188,12 @@ impl AutoFs {
     }
 
     /// Up to `size` bytes of file `ino` from `offset`. Files are opened without a request,
-    /// so reads name the inode; a sequential reader gets the following bytes fetched ahead.
+    /// so reads name the inode. What comes next is fetched ahead by the store's pipeline
+    /// (it sees the image's bytes read in order), not here.
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let (m, inode) = self.resolve(ino)?;
         if inode.kind != FileKind::File {
             return Err(FsError::Invalid);
-        }
-        let end = (offset + u64::from(size)).min(inode.size);
-        let max_window = (self.config.memory_limit / 8).min(READAHEAD_MAX);
-        let ahead = {
-            let mut readahead = m.readahead.lock().unwrap_or_else(PoisonError::into_inner);
-            if readahead.len() > 4096 {
-                readahead.clear();
-            }
-            readahead
-                .entry(inode.ino)
-                .or_default()
-                .advance(offset, end, max_window)
-        };
-        if let Some(range) = ahead.filter(|r| r.start < inode.size) {
-            prefetch(&m, &inode, range);
         }
         guarded(&m, m.image.read(&inode, offset, size as usize))
             .await?

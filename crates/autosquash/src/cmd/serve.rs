@@ -7,7 +7,7 @@ use crate::mountpoint;
 use crate::source::{S3Args, image_source};
 use crate::units::{parse_duration, parse_size};
 use anyhow::{Context, Result, bail};
-use autosquash_cache::CachedStore;
+use autosquash_cache::{CachedStore, PipelineConfig};
 use autosquash_core::{BlockCache, CountingStore, DirStore, Store, StoreCounters};
 use autosquash_fs::fuse::{self, Mount, MountConfig};
 use autosquash_fs::{AutoFs, FsConfig, ObjectConfig, ObjectFs, Tree};
@@ -67,6 +67,18 @@ pub struct ServeArgs {
     /// Size cap of the disk cache; 0 turns it off (e.g. 10G) [default: 10G].
     #[arg(long, value_parser = parse_size)]
     pub cache_size: Option<u64>,
+    /// Largest image fetched whole into the disk cache in the background once it is used;
+    /// 0: never (images are also never hydrated into a cache under twice their size)
+    /// [default: 4G].
+    #[arg(long, value_parser = parse_size)]
+    pub hydrate_max: Option<u64>,
+    /// Bytes per second one image's hydration may fetch; 0: no limit (demand reads always
+    /// go first) [default: 0].
+    #[arg(long, value_parser = parse_size)]
+    pub hydrate_bandwidth: Option<u64>,
+    /// Never hydrate images (for every mount; per mount: `hydrate = false`).
+    #[arg(long)]
+    pub no_hydrate: bool,
     /// Unix socket answering `autosquash status` [default: /run/autosquash/control.sock].
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
@@ -86,6 +98,8 @@ struct Settings {
     control_socket: PathBuf,
     cache_dir: PathBuf,
     cache_size: u64,
+    hydrate_max: u64,
+    hydrate_bandwidth: u64,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
@@ -126,6 +140,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         m.allow_other |= args.allow_other;
         m.uid = args.uid.or(m.uid);
         m.gid = args.gid.or(m.gid);
+        m.hydrate &= !args.no_hydrate;
     }
     Ok(Settings {
         mounts,
@@ -141,6 +156,11 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .or(file.daemon.cache_dir.clone())
             .unwrap_or_else(|| config::DEFAULT_CACHE_DIR.into()),
         cache_size: args.cache_size.or(file.cache_size()?).unwrap_or(10 << 30),
+        hydrate_max: args.hydrate_max.or(file.hydrate_max()?).unwrap_or(4 << 30),
+        hydrate_bandwidth: args
+            .hydrate_bandwidth
+            .or(file.hydrate_bandwidth()?)
+            .unwrap_or(0),
         control_socket: args
             .control_socket
             .clone()
@@ -213,12 +233,18 @@ async fn start_mount(
     let source = image_source(&spec.source, &settings.s3).await?;
     let counting = CountingStore::new(source.store.clone());
     let counters = counting.counters.clone();
-    // Remote data is kept on local disk across restarts; a local directory needs no copy.
-    let store: Arc<dyn Store> = if source.dir.is_none() && settings.cache_size > 0 {
-        Arc::new(CachedStore::new(
+    // Remote data goes through the prefetch pipeline and is kept on local disk across
+    // restarts (unless the cache size is 0); a local directory needs neither.
+    let store: Arc<dyn Store> = if source.dir.is_none() {
+        Arc::new(CachedStore::with_config(
             counting,
             settings.cache_dir.clone(),
             settings.cache_size,
+            PipelineConfig {
+                hydrate_max: settings.hydrate_max,
+                hydrate_bandwidth: settings.hydrate_bandwidth,
+                ..PipelineConfig::default()
+            },
         ))
     } else {
         Arc::new(counting)
@@ -234,6 +260,7 @@ async fn start_mount(
                 gid: spec.gid,
                 memory_limit: settings.memory_limit,
                 negative_ttl: spec.negative_ttl,
+                hydrate: spec.hydrate,
             },
         ),
         View::Objects => ObjectFs::new(

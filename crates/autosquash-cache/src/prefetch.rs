@@ -1,0 +1,486 @@
+//! The prefetch pipeline: what is fetched before anyone asks for it, and how much at once.
+//!
+//! - Sequential readers are found per object version (up to [`STREAMS`] at once, so parallel
+//!   readers of one file each keep their own pattern); each gets a window ahead of it that
+//!   doubles from 1 MiB to [`WINDOW_MAX`], refilled once half of it is consumed.
+//! - Hydration walks a whole object in order.
+//! - Both fetch in parts of [`PART`] bytes, each part one request, as many in parallel as one
+//!   global budget of bytes in flight allows. Prefetch goes before hydration in that budget;
+//!   demand reads are never in it, so a read never queues behind bytes fetched ahead. Parts
+//!   are small enough that a reader waiting on one waits about a round trip.
+//! - A part claims only chunks nobody has and nobody is fetching, when it gets its budget.
+
+use super::{CHUNK, Shared};
+use autosquash_core::{Hydration, HydrationProgress, HydrationState, ObjectMeta, Result, Store};
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tracing::{debug, info};
+
+/// Bytes per background request: at 20 ms a part costs about a round trip plus its transfer,
+/// which bounds what a reader waiting on it waits.
+pub const PART: u64 = 2 << 20;
+const PART_CHUNKS: u64 = PART / CHUNK;
+const WINDOW_MIN: u64 = (1 << 20) / CHUNK;
+/// The most a sequential reader gets ahead of it: enough to cover several round trips at
+/// a few hundred MiB/s.
+const WINDOW_MAX: u64 = (32 << 20) / CHUNK;
+/// Sequential patterns tracked per object version.
+const STREAMS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Bytes fetched ahead (prefetch and hydration together) in flight at once.
+    pub budget: u64,
+    /// Largest object hydrated (0: no hydration). An object is also never hydrated into a
+    /// disk cache less than twice its size.
+    pub hydrate_max: u64,
+    /// Bytes per second one hydration may fetch (0: no limit).
+    pub hydrate_bandwidth: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            budget: 32 << 20,
+            hydrate_max: 4 << 30,
+            hydrate_bandwidth: 0,
+        }
+    }
+}
+
+/// One sequential reader, in chunks.
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    /// The chunk after the last one read.
+    next: u64,
+    window: u64,
+    /// Everything before this is fetched or scheduled.
+    ahead: u64,
+    /// For replacing the stream used longest ago.
+    used: u64,
+}
+
+pub(crate) struct Pipeline {
+    config: PipelineConfig,
+    budget: Arc<Budget>,
+    streams: Mutex<Streams>,
+    /// With the disk cache off: chunks fetched ahead and not yet read.
+    staged: Mutex<Staged>,
+}
+
+#[derive(Default)]
+struct Streams {
+    by_object: HashMap<(String, String), Vec<Stream>>,
+    clock: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Pipeline {
+    pub(crate) fn new(config: PipelineConfig) -> Self {
+        let budget = Arc::new(Budget::new(config.budget.max(PART)));
+        let staged = Staged {
+            cap: config.budget,
+            ..Staged::default()
+        };
+        Self {
+            config,
+            budget,
+            streams: Mutex::default(),
+            staged: Mutex::new(staged),
+        }
+    }
+
+    /// Records a read of chunks `first..=last` of an object of `count` chunks and returns the
+    /// chunks to fetch ahead of it, if any.
+    fn observe(&self, object: &ObjectMeta, first: u64, last: u64) -> Option<Range<u64>> {
+        let count = object.size.div_ceil(CHUNK);
+        let max_window = WINDOW_MAX.min(self.config.budget / CHUNK).max(WINDOW_MIN);
+        let mut streams = lock(&self.streams);
+        if streams.by_object.len() > 10_000 {
+            streams.by_object.clear();
+        }
+        streams.clock += 1;
+        let clock = streams.clock;
+        let list = streams
+            .by_object
+            .entry((object.key.clone(), object.etag.clone()))
+            .or_default();
+        // The kernel's readahead arrives slightly out of order: near the last end counts.
+        let Some(s) = list
+            .iter_mut()
+            .find(|s| first + 2 >= s.next && first <= s.next + 2)
+        else {
+            let fresh = Stream {
+                next: last + 1,
+                window: 0,
+                ahead: last + 1,
+                used: clock,
+            };
+            match list.len() < STREAMS {
+                true => list.push(fresh),
+                false => {
+                    if let Some(oldest) = list.iter_mut().min_by_key(|s| s.used) {
+                        *oldest = fresh;
+                    }
+                }
+            }
+            return None;
+        };
+        s.used = clock;
+        // Reading the same chunks again is no progress.
+        if last < s.next {
+            return None;
+        }
+        s.next = last + 1;
+        s.window = (s.window * 2).clamp(WINDOW_MIN, max_window);
+        if s.ahead >= s.next + s.window / 2 {
+            return None;
+        }
+        let from = s.ahead.max(s.next);
+        let to = (s.next + s.window).min(count);
+        s.ahead = to.max(from);
+        (from < to).then_some(from..to)
+    }
+
+    pub(crate) fn is_staged(&self, path: &Path) -> bool {
+        lock(&self.staged).map.contains_key(path)
+    }
+
+    pub(crate) fn take_staged(&self, path: &Path) -> Option<Bytes> {
+        let mut staged = lock(&self.staged);
+        let data = staged.map.remove(path)?;
+        staged.bytes -= data.len() as u64;
+        Some(data)
+    }
+
+    pub(crate) fn stage(&self, path: PathBuf, data: Bytes) {
+        lock(&self.staged).insert(path, data);
+    }
+}
+
+/// Chunks fetched ahead with the disk cache off, oldest dropped first past the cap.
+#[derive(Default)]
+struct Staged {
+    map: HashMap<PathBuf, Bytes>,
+    order: VecDeque<PathBuf>,
+    bytes: u64,
+    cap: u64,
+}
+
+impl Staged {
+    fn insert(&mut self, path: PathBuf, data: Bytes) {
+        self.bytes += data.len() as u64;
+        if let Some(old) = self.map.insert(path.clone(), data) {
+            self.bytes -= old.len() as u64;
+        }
+        self.order.push_back(path);
+        while self.bytes > self.cap {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.map.remove(&oldest) {
+                self.bytes -= old.len() as u64;
+            }
+        }
+        // Paths already taken linger in the order; keep it proportional to what is held.
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order.retain(|p| map.contains_key(p));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    Prefetch,
+    Hydrate,
+}
+
+/// Bytes in flight for background fetches. Hydration takes budget only while no prefetch is
+/// waiting for it.
+struct Budget {
+    state: Mutex<BudgetState>,
+    changed: Notify,
+    total: u64,
+}
+
+struct BudgetState {
+    free: u64,
+    prefetch_waiting: usize,
+}
+
+/// Budget held by a part in flight; returned when dropped.
+struct Permit {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        lock(&self.budget.state).free += self.bytes;
+        self.budget.changed.notify_waiters();
+    }
+}
+
+/// Counts a waiting prefetch for as long as it waits (also if its task is dropped).
+struct Waiting<'a>(&'a Budget);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).prefetch_waiting -= 1;
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Budget {
+    fn new(total: u64) -> Self {
+        Self {
+            state: Mutex::new(BudgetState {
+                free: total,
+                prefetch_waiting: 0,
+            }),
+            changed: Notify::new(),
+            total,
+        }
+    }
+
+    async fn acquire(self: &Arc<Self>, bytes: u64, priority: Priority) -> Permit {
+        let bytes = bytes.min(self.total);
+        let mut waiting = None;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = lock(&self.state);
+                let others_first = priority == Priority::Hydrate && state.prefetch_waiting > 0;
+                if state.free >= bytes && !others_first {
+                    state.free -= bytes;
+                    drop(state);
+                    drop(waiting);
+                    return Permit {
+                        budget: self.clone(),
+                        bytes,
+                    };
+                }
+                if priority == Priority::Prefetch && waiting.is_none() {
+                    state.prefetch_waiting += 1;
+                    waiting = Some(Waiting(self));
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl<S: Store> Shared<S> {
+    /// Schedules the parts ahead of a read of chunks `first..=last`, if its reader is
+    /// sequential. Each part waits for budget in its own task.
+    pub(crate) fn prefetch_after(self: &Arc<Self>, object: &ObjectMeta, first: u64, last: u64) {
+        let Some(ahead) = self.pipeline.observe(object, first, last) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.queue(object, ahead.clone());
+        let mut part = ahead.start;
+        while part < ahead.end {
+            let chunks = part..(part + PART_CHUNKS).min(ahead.end);
+            part = chunks.end;
+            let (me, object) = (self.clone(), object.clone());
+            runtime.spawn(async move {
+                let bytes = (chunks.end - chunks.start) * CHUNK;
+                let permit = me.pipeline.budget.acquire(bytes, Priority::Prefetch).await;
+                // Errors concern nobody yet: a read that needs the chunk fetches it again.
+                let _ = me.fetch_part(&object, chunks).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Fetches the chunks of `chunks` that nobody has or is fetching, as one request per
+    /// run; the bytes fetched.
+    async fn fetch_part(&self, object: &ObjectMeta, chunks: Range<u64>) -> Result<u64> {
+        let claimed = self.claim(object, chunks);
+        let mut fetched = 0;
+        for result in self.fetch(object, &claimed.mine, true).await {
+            fetched += result?.len() as u64;
+        }
+        Ok(fetched)
+    }
+
+    pub(crate) fn hydrate(self: &Arc<Self>, object: &ObjectMeta) -> Option<Hydration> {
+        let config = &self.pipeline.config;
+        let fits = object.size <= config.hydrate_max && object.size <= self.disk.cap() / 2;
+        if !self.disk.enabled() || object.size == 0 || !fits {
+            return None;
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let progress = HydrationProgress::new(object.size);
+        runtime.spawn(self.clone().hydration(object.clone(), progress.clone()));
+        Some(Hydration::new(progress))
+    }
+
+    /// Walks `object` in parts, in order, fetching those not on disk until it is whole, the
+    /// owner lets go, or the cache starts evicting (the image would push out itself).
+    async fn hydration(self: Arc<Self>, object: ObjectMeta, progress: Arc<HydrationProgress>) {
+        let count = object.size.div_ceil(CHUNK);
+        let evictions = self.disk.evictions();
+        let bandwidth = self.pipeline.config.hydrate_bandwidth;
+        let started = tokio::time::Instant::now();
+        let mut scheduled = 0u64;
+        let mut parts = tokio::task::JoinSet::new();
+        let mut end = HydrationState::Done;
+        let mut part = 0;
+        while part < count {
+            let chunks = part..(part + PART_CHUNKS).min(count);
+            part = chunks.end;
+            let bytes = (chunks.end * CHUNK).min(object.size) - chunks.start * CHUNK;
+            if progress.stopping() || self.disk.evictions() != evictions || !self.disk.enabled() {
+                end = HydrationState::Stopped;
+                break;
+            }
+            let present = chunks.clone().all(|i| {
+                self.disk
+                    .contains(&self.disk.path(&object.key, &object.etag, i))
+            });
+            if present {
+                progress.cached.fetch_add(bytes, Ordering::Relaxed);
+                continue;
+            }
+            if bandwidth > 0 {
+                let due = Duration::from_secs_f64(scheduled as f64 / bandwidth as f64);
+                tokio::time::sleep_until(started + due).await;
+            }
+            scheduled += bytes;
+            let permit = self.pipeline.budget.acquire(bytes, Priority::Hydrate).await;
+            if progress.stopping() {
+                end = HydrationState::Stopped;
+                break;
+            }
+            let (me, part_of, progress) = (self.clone(), object.clone(), progress.clone());
+            parts.spawn(async move {
+                let result = me.fetch_part(&part_of, chunks).await;
+                drop(permit);
+                let fetched = result?;
+                progress.fetched.fetch_add(fetched, Ordering::Relaxed);
+                progress.cached.fetch_add(bytes, Ordering::Relaxed);
+                Ok::<(), autosquash_core::Error>(())
+            });
+            while let Some(done) = parts.try_join_next() {
+                if let Ok(Err(e)) = done {
+                    debug!(key = %object.key, error = %e, "hydration part failed");
+                    end = HydrationState::Failed;
+                }
+            }
+            if end == HydrationState::Failed {
+                break;
+            }
+        }
+        while let Some(done) = parts.join_next().await {
+            if let Ok(Err(e)) = done {
+                debug!(key = %object.key, error = %e, "hydration part failed");
+                end = HydrationState::Failed;
+            }
+        }
+        progress.finish(end);
+        info!(
+            key = %object.key,
+            state = ?progress.state(),
+            fetched = progress.fetched.load(Ordering::Relaxed),
+            seconds = started.elapsed().as_secs_f32(),
+            "hydration ended"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(size: u64) -> ObjectMeta {
+        ObjectMeta {
+            key: "k".into(),
+            size,
+            etag: "e".into(),
+        }
+    }
+
+    #[test]
+    fn a_sequential_reader_gets_a_growing_window_and_a_seek_resets_it() {
+        let p = Pipeline::new(PipelineConfig::default());
+        let o = object(1 << 30);
+        assert_eq!(
+            p.observe(&o, 0, 3),
+            None,
+            "the first read is no pattern yet"
+        );
+        let first = p.observe(&o, 4, 7).expect("the second one is");
+        assert_eq!(first, 8..8 + WINDOW_MIN);
+        let mut ahead = first.end;
+        let mut at = 8;
+        while at < 2000 {
+            if let Some(r) = p.observe(&o, at, at + 3) {
+                assert_eq!(r.start, ahead, "gap or overlap in what is fetched ahead");
+                ahead = r.end;
+            }
+            at += 4;
+            assert!(ahead > at, "prefetch fell behind the reader at chunk {at}");
+        }
+        assert!(ahead - at <= WINDOW_MAX, "window past its cap");
+        assert!(ahead - at >= WINDOW_MAX / 2, "window did not grow");
+        // Far away: a new pattern, nothing fetched ahead yet.
+        assert_eq!(p.observe(&o, 90_000, 90_003), None);
+    }
+
+    #[test]
+    fn parallel_readers_of_one_object_keep_their_own_patterns() {
+        let p = Pipeline::new(PipelineConfig::default());
+        let o = object(1 << 30);
+        let starts = [0u64, 1000, 2000, 3000];
+        for s in starts {
+            assert_eq!(p.observe(&o, s, s + 3), None);
+        }
+        for s in starts {
+            assert!(
+                p.observe(&o, s + 4, s + 7).is_some(),
+                "reader at {s} not seen as sequential"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn hydration_waits_while_prefetch_wants_the_budget() {
+        let budget = Arc::new(Budget::new(4 * PART));
+        let held = budget.acquire(4 * PART, Priority::Prefetch).await;
+        let b = budget.clone();
+        let prefetch = tokio::spawn(async move { b.acquire(PART, Priority::Prefetch).await });
+        let b = budget.clone();
+        let hydrate = tokio::spawn(async move { b.acquire(4 * PART, Priority::Hydrate).await });
+        tokio::task::yield_now().await;
+        drop(held);
+        let p = prefetch.await.unwrap();
+        assert!(
+            !hydrate.is_finished(),
+            "hydration went before a waiting prefetch"
+        );
+        drop(p);
+        let h = tokio::time::timeout(Duration::from_secs(5), hydrate)
+            .await
+            .expect("hydration never got the budget back")
+            .unwrap();
+        assert_eq!(lock(&budget.state).free, 0);
+        drop(h);
+        assert_eq!(lock(&budget.state).free, 4 * PART);
+    }
+}
