@@ -309,14 +309,18 @@ impl<S: Store> Shared<S> {
     }
 
     /// Fetches the chunks of `chunks` that nobody has or is fetching, as one request per
-    /// run; the bytes fetched.
-    async fn fetch_part(&self, object: &ObjectMeta, chunks: Range<u64>) -> Result<u64> {
+    /// run; the bytes fetched and the requests made.
+    async fn fetch_part(&self, object: &ObjectMeta, chunks: Range<u64>) -> Result<(u64, u64)> {
         let claimed = self.claim(object, chunks);
+        let mine = &claimed.mine;
+        let requests = (0..mine.len())
+            .filter(|&n| n == 0 || mine[n].0 != mine[n - 1].0 + 1)
+            .count() as u64;
         let mut fetched = 0;
-        for result in self.fetch(object, &claimed.mine, true).await {
+        for result in self.fetch(object, mine, true).await {
             fetched += result?.len() as u64;
         }
-        Ok(fetched)
+        Ok((fetched, requests))
     }
 
     pub(crate) fn hydrate(self: &Arc<Self>, object: &ObjectMeta) -> Option<Hydration> {
@@ -372,8 +376,9 @@ impl<S: Store> Shared<S> {
             parts.spawn(async move {
                 let result = me.fetch_part(&part_of, chunks).await;
                 drop(permit);
-                let fetched = result?;
+                let (fetched, requests) = result?;
                 progress.fetched.fetch_add(fetched, Ordering::Relaxed);
+                progress.requests.fetch_add(requests, Ordering::Relaxed);
                 progress.cached.fetch_add(bytes, Ordering::Relaxed);
                 Ok::<(), autosquash_core::Error>(())
             });

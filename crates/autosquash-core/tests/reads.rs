@@ -71,9 +71,12 @@ async fn one_block_at_a_random_offset_fetches_about_one_block() {
             "at {offset}: {} bytes",
             stats.bytes
         );
-        // The same range again comes from the cache.
+        // The same range again: a block read in part comes from the memory cache; one read
+        // whole is left to the kernel's page cache (it is what the kernel keeps) and fetched
+        // again.
         image.read(&file, offset, 131072).await.unwrap();
-        assert_eq!(store.stats().reads, 1);
+        let again = if blocks == 1 { 2 } else { 1 };
+        assert_eq!(store.stats().reads, again, "re-read at {offset}");
     }
 }
 
@@ -148,11 +151,12 @@ async fn a_failing_store_is_an_error_and_cached_data_still_serves() {
     let image = image.unwrap();
     let a = image.resolve(b"f00").unwrap();
     let b = image.resolve(b"f01").unwrap();
-    common::read_all(&image, &a, 1 << 20).await.unwrap();
+    // Small reads (blocks read in part are what the memory cache keeps).
+    common::read_all(&image, &a, 4096).await.unwrap();
     store.set_failing(true);
     assert!(image.read(&b, 0, 4096).await.is_err());
     assert_eq!(
-        common::read_all(&image, &a, 1 << 20).await.unwrap(),
+        common::read_all(&image, &a, 4096).await.unwrap(),
         pseudo_random_bytes(1, 200_000)
     );
     store.set_failing(false);

@@ -21,6 +21,10 @@ struct Block {
     /// Exact decompressed length (for fragments: the length of the whole fragment block is
     /// unknown, so this is the minimum it must have).
     len: usize,
+    /// Whether the block is kept in the memory cache once decoded. A data block the read
+    /// uses whole is not: the kernel's page cache keeps those bytes, and caching them again
+    /// would only push out metadata and fragments, which serve many requests.
+    keep: bool,
 }
 
 impl Image {
@@ -37,7 +41,10 @@ impl Image {
         let (first, last) = (offset / bs, (end - 1) / bs);
         let mut blocks = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
         for i in first..=last {
-            blocks.push(self.locate(inode, file, i)?);
+            let mut block = self.locate(inode, file, i)?;
+            let whole = offset <= i * bs && end >= (i * bs + block.len as u64);
+            block.keep = block.kind != Kind::Data || !whole;
+            blocks.push(block);
         }
         let data = self.fetch_blocks(&blocks).await?;
         // The part of each block that falls inside offset..end. Every block's length was
@@ -88,6 +95,7 @@ impl Image {
                 stored,
                 raw,
                 len: remaining,
+                keep: true,
             });
         }
         let (frag, offset) = file
@@ -116,6 +124,7 @@ impl Image {
             stored,
             raw: word & (1 << 24) != 0,
             len: offset as usize + remaining,
+            keep: true,
         })
     }
 
@@ -173,7 +182,9 @@ impl Image {
     }
 
     async fn fetch_run(&self, run: &[Block]) -> Result<Vec<Bytes>> {
-        if let [block] = run {
+        if let [block] = run
+            && block.keep
+        {
             let value = self
                 .cache
                 .get_or_insert_async(&self.key(block), async {
@@ -193,8 +204,10 @@ impl Image {
                     .get(from..from + block.stored as usize)
                     .ok_or_else(|| Error::corrupt("block run shorter than its blocks"))?;
                 let data = self.decode(block, stored)?;
-                self.cache
-                    .insert(self.key(block), Value::Block(data.clone()));
+                if block.keep {
+                    self.cache
+                        .insert(self.key(block), Value::Block(data.clone()));
+                }
                 self.checked(block, Value::Block(data))
             })
             .collect()

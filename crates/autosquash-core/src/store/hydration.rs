@@ -22,8 +22,9 @@ pub struct HydrationProgress {
     pub size: u64,
     /// Bytes of the object known to be in the local copy (found there or fetched).
     pub cached: AtomicU64,
-    /// Bytes the hydration fetched from the store.
+    /// Bytes the hydration fetched from the store, and in how many requests.
     pub fetched: AtomicU64,
+    pub requests: AtomicU64,
     state: AtomicU8,
     stop: AtomicBool,
 }
@@ -34,6 +35,7 @@ impl HydrationProgress {
             size,
             cached: AtomicU64::new(0),
             fetched: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             state: AtomicU8::new(0),
             stop: AtomicBool::new(false),
         })

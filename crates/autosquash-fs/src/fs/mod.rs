@@ -135,6 +135,7 @@ impl Mounted {
             "size": p.size,
             "cached": p.cached.load(Ordering::Relaxed),
             "fetched": p.fetched.load(Ordering::Relaxed),
+            "requests": p.requests.load(Ordering::Relaxed),
         })
     }
 
