@@ -15,7 +15,8 @@
 //! once and a reader waits for a chunk already on its way instead of racing it:
 //! - **demand**: the chunks a read needs and the disk lacks, fetched at once, never queued
 //!   (adjacent ones in one request);
-//! - **prefetch**: ahead of each sequential reader, in parts of [`prefetch::PART`] bytes
+//! - **prefetch**: ahead of each sequential reader, and what a caller hints at
+//!   ([`Store::prefetch`]: the neighbours of a file being read), in parts of [`PART`] bytes
 //!   under one in-flight budget for the whole daemon;
 //! - **hydration**: the whole of an image in use ([`Store::hydrate`]), in parts, below
 //!   prefetch in that budget.
@@ -324,6 +325,14 @@ impl<S: Store> Store for CachedStore<S> {
 
     fn retries(&self) -> u64 {
         self.shared.inner.retries()
+    }
+
+    fn prefetch(&self, object: &ObjectMeta, range: Range<u64>) {
+        let end = range.end.min(object.size);
+        if range.start < end {
+            self.shared
+                .schedule(object, range.start / CHUNK..end.div_ceil(CHUNK));
+        }
     }
 
     fn hydrate(&self, object: &ObjectMeta) -> Option<Hydration> {

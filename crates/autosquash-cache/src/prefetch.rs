@@ -286,9 +286,14 @@ impl<S: Store> Shared<S> {
     /// Schedules the parts ahead of a read of chunks `first..=last`, if its reader is
     /// sequential. Each part waits for budget in its own task.
     pub(crate) fn prefetch_after(self: &Arc<Self>, object: &ObjectMeta, first: u64, last: u64) {
-        let Some(ahead) = self.pipeline.observe(object, first, last) else {
-            return;
-        };
+        if let Some(ahead) = self.pipeline.observe(object, first, last) {
+            self.schedule(object, ahead);
+        }
+    }
+
+    /// Fetches `chunks` ahead: queued at once (a demand read takes a queued chunk over),
+    /// each part fetched in its own task once it has budget.
+    pub(crate) fn schedule(self: &Arc<Self>, object: &ObjectMeta, ahead: Range<u64>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };

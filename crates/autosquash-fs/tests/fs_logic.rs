@@ -423,6 +423,75 @@ async fn a_mounted_image_is_hydrated_and_then_reads_without_the_store() {
     }
 }
 
+/// Without hydration, reading a second file of a directory fetches the rest of that
+/// directory's data ahead; a lone file read elsewhere fetches about what it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_read_file_by_file_has_its_neighbours_fetched_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in ["many", "other"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+        for i in 0..200u64 {
+            let len = 2000 + (i as usize * 37) % 9000;
+            let data = autosquash_testkit::corpus::pseudo_random_bytes(i + 7, len);
+            std::fs::write(src.join(d).join(format!("f{i:03}")), data).unwrap();
+        }
+    }
+    // Written after them, so the tables the image's open fetches lie far from their data.
+    std::fs::create_dir(src.join("zbig")).unwrap();
+    let big = autosquash_testkit::corpus::pseudo_random_bytes(3, 16 << 20);
+    std::fs::write(src.join("zbig").join("big"), big).unwrap();
+    mksquashfs(&src, &dir.path().join("i.squash"), &["-comp", "zstd"]);
+    let mem = Arc::new(MemStore::new());
+    mem.put(
+        "d.squash",
+        std::fs::read(dir.path().join("i.squash")).unwrap(),
+    );
+    let cached = Arc::new(autosquash_cache::CachedStore::new(
+        mem.clone(),
+        dir.path().join("cache"),
+        1 << 30,
+    ));
+    let config = FsConfig {
+        hydrate: false,
+        ..FsConfig::default()
+    };
+    let fs = AutoFs::new(cached, config);
+    fs.refresh().await.unwrap();
+    let root = fs.lookup(ROOT_INO, b"d").await.unwrap();
+    let many = fs.lookup(root.ino, b"many").await.unwrap();
+    let read = |name: String| {
+        let fs = fs.clone();
+        async move {
+            let file = fs.lookup(many.ino, name.as_bytes()).await.unwrap();
+            fs.read(file.ino, 0, 1 << 20).await
+        }
+    };
+    read("f150".into()).await.unwrap();
+    read("f020".into()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mem.set_failing(true);
+    for i in 0..200u64 {
+        let got = read(format!("f{i:03}"))
+            .await
+            .unwrap_or_else(|e| panic!("f{i:03} was not fetched ahead: {e:?}"));
+        let len = 2000 + (i as usize * 37) % 9000;
+        assert!(got[..] == autosquash_testkit::corpus::pseudo_random_bytes(i + 7, len)[..]);
+    }
+    mem.set_failing(false);
+    // One file of the other directory: no neighbours fetched on a first read.
+    mem.reset_stats();
+    let other = fs.lookup(root.ino, b"other").await.unwrap();
+    let file = fs.lookup(other.ino, b"f100").await.unwrap();
+    fs.read(file.ino, 0, 1 << 20).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        mem.stats().bytes <= 2 * autosquash_cache::CHUNK,
+        "a lone read fetched {} bytes",
+        mem.stats().bytes
+    );
+}
+
 /// Readdirplus entries count as kernel references, as lookups do, but only the entries that
 /// fit the kernel's buffer (and never `.` or `..`): the slot lives until each one is
 /// forgotten, and no longer.

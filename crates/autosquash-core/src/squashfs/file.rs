@@ -2,11 +2,15 @@
 //! range, decompressed to its exact expected length and cached. Adjacent uncached blocks are
 //! fetched in one ranged read; a lone block goes through the cache's single-flight.
 
-use super::Image;
 use super::inode::{Body, FileBody, Inode};
+use super::{FileKind, Image};
 use crate::block_cache::{Key, Kind, Value};
 use crate::error::{Error, Result};
 use bytes::{Bytes, BytesMut};
+use std::ops::Range;
+
+/// Entries of a directory looked at for [`Image::neighbourhood`].
+const MAX_NEIGHBOURS: usize = 4096;
 
 /// Shared source of zeros for sparse blocks (a block is at most 1 MiB).
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
@@ -101,6 +105,19 @@ impl Image {
         let (frag, offset) = file
             .fragment
             .ok_or_else(|| Error::corrupt("file has more data than blocks"))?;
+        let (pos, word) = self.fragment_block(frag)?;
+        Ok(Block {
+            kind: Kind::Fragment,
+            pos,
+            stored: word & 0x00ff_ffff,
+            raw: word & (1 << 24) != 0,
+            len: offset as usize + remaining,
+            keep: true,
+        })
+    }
+
+    /// Position and size word of fragment block `frag`, checked to lie inside the image.
+    fn fragment_block(&self, frag: u32) -> Result<(u64, u32)> {
         let mut entry = self.table_entry(self.sb.frag_table, 16, u64::from(frag))?;
         let pos = entry.u64()?;
         let word = entry.u32()?;
@@ -118,14 +135,62 @@ impl Image {
                 "fragment {frag} lies outside the image"
             )));
         }
-        Ok(Block {
-            kind: Kind::Fragment,
-            pos,
-            stored,
-            raw: word & (1 << 24) != 0,
-            len: offset as usize + remaining,
-            keep: true,
-        })
+        Ok((pos, word))
+    }
+
+    /// The stored bytes of a file's data: its blocks and its fragment block (either may be
+    /// absent). Positions were checked against the image when the inode was parsed.
+    fn stored_spans(&self, inode: &Inode) -> Result<[Option<Range<u64>>; 2]> {
+        let Body::File(file) = &inode.body else {
+            return Ok([None, None]);
+        };
+        let blocks = match (file.checkpoints.first(), file.words.len().checked_sub(1)) {
+            (Some(&start), Some(last)) => {
+                let (pos, stored, _) = file.block(last);
+                Some(start..pos.saturating_add(u64::from(stored)))
+            }
+            _ => None,
+        };
+        let fragment = match file.fragment {
+            Some((frag, _)) => {
+                let (pos, word) = self.fragment_block(frag)?;
+                Some(pos..pos + u64::from(word & 0x00ff_ffff))
+            }
+            None => None,
+        };
+        Ok([blocks, fragment])
+    }
+
+    /// Where the data of `inode`'s neighbours lies: the stored bytes of the files of the
+    /// directory it was found in (mksquashfs writes a directory's files one after another,
+    /// their tails packed into shared fragment blocks), at most `max` bytes around the
+    /// file's own data. `None` if nothing is known.
+    pub fn neighbourhood(&self, inode: &Inode, max: u64) -> Result<Option<Range<u64>>> {
+        let Some(own) = self.stored_spans(inode)?.into_iter().flatten().next() else {
+            return Ok(None);
+        };
+        let Some(parent) = self.parent(inode.ino).filter(|&p| p != inode.ino) else {
+            return Ok(None);
+        };
+        let dir = self.inode(parent)?;
+        let (lo, hi) = (
+            own.start.saturating_sub(max / 2),
+            own.end.saturating_add(max / 2),
+        );
+        let mut span = own;
+        // A directory of many thousand entries: the first few thousand are neighbours enough.
+        for entry in self.listing(&dir)?.iter().take(MAX_NEIGHBOURS) {
+            if entry.kind != FileKind::File {
+                continue;
+            }
+            let file = self.entry_inode(&dir, entry)?;
+            for s in self.stored_spans(&file)?.into_iter().flatten() {
+                if s.start >= lo && s.end <= hi {
+                    span = span.start.min(s.start)..span.end.max(s.end);
+                }
+            }
+        }
+        Ok(Some(span))
     }
 
     /// The decompressed contents of `blocks`, in order. Whether a block comes from the

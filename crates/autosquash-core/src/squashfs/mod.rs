@@ -35,6 +35,8 @@ use superblock::Superblock;
 struct Known {
     inode_ref: u64,
     depth: u32,
+    /// The directory it was first found in (the root: itself).
+    parent: u32,
 }
 
 /// One opened image version. Cheap to share (`Arc`), `Send + Sync`.
@@ -133,7 +135,7 @@ impl Image {
             return Err(Error::corrupt("root inode is not a directory"));
         }
         image.root_ino = root.ino;
-        image.remember(root.ino, image.sb.root_inode, 0)?;
+        image.remember(root.ino, image.sb.root_inode, 0, root.ino)?;
         Ok(Arc::new(image))
     }
 
@@ -211,7 +213,7 @@ impl Image {
                 return Err(Error::Limit(format!("directory depth over {MAX_DEPTH}")));
             }
         }
-        self.remember(inode.ino, entry.inode_ref, depth)?;
+        self.remember(inode.ino, entry.inode_ref, depth, dir.ino)?;
         Ok(inode)
     }
 
@@ -265,14 +267,23 @@ impl Image {
         }
     }
 
+    /// The directory `ino` was found in (a hard-linked file: the first one).
+    pub fn parent(&self, ino: u32) -> Option<u32> {
+        self.known_get(ino).map(|k| k.parent)
+    }
+
     fn known_get(&self, ino: u32) -> Option<Known> {
         let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
         known.get(&ino).copied()
     }
 
-    fn remember(&self, ino: u32, inode_ref: u64, depth: u32) -> Result<()> {
+    fn remember(&self, ino: u32, inode_ref: u64, depth: u32, parent: u32) -> Result<()> {
         let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
-        let entry = known.entry(ino).or_insert(Known { inode_ref, depth });
+        let entry = known.entry(ino).or_insert(Known {
+            inode_ref,
+            depth,
+            parent,
+        });
         if entry.inode_ref != inode_ref {
             return Err(Error::corrupt(format!("two inodes claim number {ino}")));
         }

@@ -78,6 +78,10 @@ impl Store for CountingStore {
         self.inner.retries()
     }
 
+    fn prefetch(&self, object: &ObjectMeta, range: Range<u64>) {
+        self.inner.prefetch(object, range)
+    }
+
     fn hydrate(&self, object: &ObjectMeta) -> Option<super::Hydration> {
         self.inner.hydrate(object)
     }

@@ -44,6 +44,9 @@ pub trait Store: Send + Sync + 'static {
     fn retries(&self) -> u64 {
         0
     }
+    /// A hint that `range` of `object` will likely be read soon: a store with a local copy
+    /// fetches it ahead, below demand reads. No-op by default.
+    fn prefetch(&self, _object: &ObjectMeta, _range: Range<u64>) {}
     /// Starts fetching the whole of `object` into the store's local copy in the background,
     /// below demand reads; `None` for a store that keeps no copy or will not take this
     /// object (too large, cache off). Dropping the handle stops it.
@@ -69,6 +72,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn retries(&self) -> u64 {
         (**self).retries()
+    }
+    fn prefetch(&self, object: &ObjectMeta, range: Range<u64>) {
+        (**self).prefetch(object, range)
     }
     fn hydrate(&self, object: &ObjectMeta) -> Option<Hydration> {
         (**self).hydrate(object)

@@ -284,6 +284,7 @@ impl AutoFs {
             } else {
                 None
             }),
+            dirs_read: Mutex::default(),
             last_used: AtomicU64::new(self.now_ms()),
             mounted_at: self.now_ms(),
             outdated: AtomicBool::new(false),

@@ -109,6 +109,8 @@ struct Mounted {
     lookups: AtomicU64,
     /// The store fetching the whole image into its local copy, while the image is used.
     hydration: Mutex<Option<autosquash_core::Hydration>>,
+    /// Per directory, the files read so far (for locality when not hydrating).
+    dirs_read: Mutex<HashMap<u32, DirReads>>,
     /// Milliseconds since the filesystem started, at the last operation.
     last_used: AtomicU64,
     mounted_at: u64,
@@ -119,7 +121,30 @@ struct Mounted {
     panicked: AtomicBool,
 }
 
+/// Reads in one directory of an image: how many files, the last one, and whether the
+/// directory's neighbourhood was fetched ahead.
+#[derive(Default)]
+struct DirReads {
+    files: u32,
+    last: u32,
+    fetched: bool,
+}
+
 impl Mounted {
+    /// Whether the store is fetching (or has fetched) the whole image.
+    fn hydrating(&self) -> bool {
+        let hydration = self
+            .hydration
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        hydration.as_ref().is_some_and(|h| {
+            matches!(
+                h.progress().state(),
+                autosquash_core::HydrationState::Running | autosquash_core::HydrationState::Done
+            )
+        })
+    }
+
     /// How far the store's hydration of this image got (`null` if there is none).
     fn hydration_status(&self) -> serde_json::Value {
         let hydration = self
