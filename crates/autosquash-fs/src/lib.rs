@@ -13,7 +13,8 @@
 //! - **The tokio runtime** takes over a request that must wait: mounting an image (reading its
 //!   superblock and tables), a store read, a disk read that is not in the page cache (on the
 //!   blocking pool, never on an async worker). Its future moves over as it is; nothing is
-//!   done twice. Readahead and housekeeping (listing refreshes, idle expiry) run there too.
+//!   done twice. Housekeeping (listing refreshes, idle expiry) runs there too, and so does the
+//!   store's prefetch pipeline (autosquash-cache: parts fetched ahead, hydration).
 //! - **Kernel notifications** (dentry and inode invalidations) are sent from the blocking pool:
 //!   the kernel may hold a directory lock that a request being answered waits on.
 //!
