@@ -134,18 +134,23 @@ impl<S: Store> Shared<S> {
         claimed
     }
 
-    /// Marks the chunks of `chunks` nobody has or fetches as queued for prefetch.
-    fn queue(&self, object: &ObjectMeta, chunks: Range<u64>) {
+    /// Marks the chunks of `chunks` nobody has or fetches as queued for prefetch; returns
+    /// the ones on disk (to be read into the page cache ahead of their reader).
+    fn queue(&self, object: &ObjectMeta, chunks: Range<u64>) -> Vec<PathBuf> {
+        let mut on_disk = Vec::new();
         let mut flights = self.flights();
         for i in chunks {
             let path = self.disk.path(&object.key, &object.etag, i);
-            if !flights.contains_key(&path)
-                && !self.disk.contains(&path)
-                && !self.pipeline.is_staged(&path)
-            {
+            if flights.contains_key(&path) || self.pipeline.is_staged(&path) {
+                continue;
+            }
+            if self.disk.contains(&path) {
+                on_disk.push(path);
+            } else {
                 flights.insert(path, None);
             }
         }
+        on_disk
     }
 
     /// Whether a chunk of `first..=last` is in flight or waits in memory (disk cache off).
@@ -168,7 +173,12 @@ impl<S: Store> Shared<S> {
 
     /// Demand: chunks `first..=last` of `object`, from disk, from a fetch in flight, or
     /// fetched here at once.
-    async fn chunks(&self, object: &ObjectMeta, first: u64, last: u64) -> Result<Vec<Bytes>> {
+    async fn chunks(
+        self: &Arc<Self>,
+        object: &ObjectMeta,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<Bytes>> {
         // Chunks on disk are read concurrently (in parallel when they must come from disk).
         let mut out: Vec<Option<Bytes>> =
             futures::future::join_all((first..=last).map(|i| self.landed(object, i))).await;
@@ -212,7 +222,7 @@ impl<S: Store> Shared<S> {
     /// (on disk, or in memory for a background fetch with the disk cache off) before its
     /// waiters are told, so a reader who missed the flight finds it landed.
     async fn fetch(
-        &self,
+        self: &Arc<Self>,
         object: &ObjectMeta,
         claimed: &[Claim],
         background: bool,
@@ -236,15 +246,25 @@ impl<S: Store> Shared<S> {
                     .collect(),
                 Err(e) => (a..=b).map(|_| Err(e.clone())).collect(),
             };
-            for (i, chunk) in (a..=b).zip(&run) {
-                if let Ok(chunk) = chunk {
-                    self.land(object, i, chunk, background);
-                }
+            let landed: Vec<(u64, Bytes)> = (a..=b)
+                .zip(&run)
+                .filter_map(|(i, chunk)| Some((i, chunk.as_ref().ok()?.clone())))
+                .collect();
+            if background {
+                // Off the async workers: hydration writes hundreds of chunk files a second.
+                let (me, object) = (self.clone(), object.clone());
+                let _ = tokio::task::spawn_blocking(move || me.land(&object, &landed, true)).await;
+            } else {
+                self.land(object, &landed, false);
             }
             let mut flights = self.flights();
             for ((i, tx), result) in claimed[start..end].iter().zip(&run) {
                 flights.remove(&self.disk.path(&object.key, &object.etag, *i));
-                let _ = tx.send(Some(result.clone()));
+                // A failed fetch ahead is nobody's error: its waiters, told nothing, fetch
+                // the chunk themselves once this task lets go of it.
+                if result.is_ok() || !background {
+                    let _ = tx.send(Some(result.clone()));
+                }
             }
             drop(flights);
             results.extend(run);
@@ -255,12 +275,14 @@ impl<S: Store> Shared<S> {
 
     /// Keeps a fetched chunk: on disk, or (a chunk fetched ahead, with the disk cache off) in
     /// memory until it is read.
-    fn land(&self, object: &ObjectMeta, i: u64, data: &Bytes, background: bool) {
-        if self.disk.enabled() {
-            self.disk.put(&object.key, &object.etag, i, data);
-        } else if background {
-            let path = self.disk.path(&object.key, &object.etag, i);
-            self.pipeline.stage(path, data.clone());
+    fn land(&self, object: &ObjectMeta, chunks: &[(u64, Bytes)], background: bool) {
+        for (i, data) in chunks {
+            if self.disk.enabled() {
+                self.disk.put(&object.key, &object.etag, *i, data);
+            } else if background {
+                let path = self.disk.path(&object.key, &object.etag, *i);
+                self.pipeline.stage(path, data.clone());
+            }
         }
     }
 }

@@ -76,7 +76,8 @@ pub(crate) struct Pipeline {
 
 #[derive(Default)]
 struct Streams {
-    by_object: HashMap<(String, String), Vec<Stream>>,
+    /// By a hash of key and ETag (no allocation per read; a collision only mixes patterns).
+    by_object: HashMap<u64, Vec<Stream>>,
     clock: u64,
 }
 
@@ -110,10 +111,13 @@ impl Pipeline {
         }
         streams.clock += 1;
         let clock = streams.clock;
-        let list = streams
-            .by_object
-            .entry((object.key.clone(), object.etag.clone()))
-            .or_default();
+        let id = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&object.key, &object.etag).hash(&mut h);
+            h.finish()
+        };
+        let list = streams.by_object.entry(id).or_default();
         // The kernel's readahead arrives slightly out of order: near the last end counts.
         let Some(s) = list
             .iter_mut()
@@ -297,7 +301,13 @@ impl<S: Store> Shared<S> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        self.queue(object, ahead.clone());
+        let on_disk = self.queue(object, ahead.clone());
+        if !on_disk.is_empty() {
+            // Chunks already local are read ahead from disk instead (a restarted daemon
+            // reading what it cached before).
+            let me = self.clone();
+            runtime.spawn_blocking(move || me.disk.read_ahead(&on_disk));
+        }
         let mut part = ahead.start;
         while part < ahead.end {
             let chunks = part..(part + PART_CHUNKS).min(ahead.end);
@@ -315,7 +325,11 @@ impl<S: Store> Shared<S> {
 
     /// Fetches the chunks of `chunks` that nobody has or is fetching, as one request per
     /// run; the bytes fetched and the requests made.
-    async fn fetch_part(&self, object: &ObjectMeta, chunks: Range<u64>) -> Result<(u64, u64)> {
+    async fn fetch_part(
+        self: &Arc<Self>,
+        object: &ObjectMeta,
+        chunks: Range<u64>,
+    ) -> Result<(u64, u64)> {
         let claimed = self.claim(object, chunks);
         let mine = &claimed.mine;
         let requests = (0..mine.len())
