@@ -184,6 +184,9 @@ impl<S: Store> Shared<S> {
             futures::future::join_all((first..=last).map(|i| self.landed(object, i))).await;
         let missing = (first..=last).filter(|i| out[(i - first) as usize].is_none());
         let claimed = self.claim(object, missing);
+        if let Some((i, _)) = claimed.mine.first() {
+            self.pipeline.missed(object, *i);
+        }
         let fetched = self.fetch(object, &claimed.mine, false).await;
         for ((i, _), result) in claimed.mine.iter().zip(fetched) {
             out[(i - first) as usize] = Some(result?);

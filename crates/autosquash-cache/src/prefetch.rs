@@ -72,6 +72,9 @@ pub(crate) struct Pipeline {
     streams: Mutex<Streams>,
     /// With the disk cache off: chunks fetched ahead and not yet read.
     staged: Mutex<Staged>,
+    /// Objects being hydrated, each with the chunk a demand read last missed (the
+    /// hydration goes there next).
+    hydrating: Mutex<HashMap<u64, Option<u64>>>,
 }
 
 #[derive(Default)]
@@ -97,6 +100,7 @@ impl Pipeline {
             budget,
             streams: Mutex::default(),
             staged: Mutex::new(staged),
+            hydrating: Mutex::default(),
         }
     }
 
@@ -111,13 +115,7 @@ impl Pipeline {
         }
         streams.clock += 1;
         let clock = streams.clock;
-        let id = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (&object.key, &object.etag).hash(&mut h);
-            h.finish()
-        };
-        let list = streams.by_object.entry(id).or_default();
+        let list = streams.by_object.entry(object_id(object)).or_default();
         // The kernel's readahead arrives slightly out of order: near the last end counts.
         let Some(s) = list
             .iter_mut()
@@ -153,6 +151,13 @@ impl Pipeline {
         let to = (s.next + s.window).min(count);
         s.ahead = to.max(from);
         (from < to).then_some(from..to)
+    }
+
+    /// A demand read of `object` had to fetch `chunk`: a hydration of it goes there next.
+    pub(crate) fn missed(&self, object: &ObjectMeta, chunk: u64) {
+        if let Some(hint) = lock(&self.hydrating).get_mut(&object_id(object)) {
+            *hint = Some(chunk);
+        }
     }
 
     pub(crate) fn is_staged(&self, path: &Path) -> bool {
@@ -357,22 +362,41 @@ impl<S: Store> Shared<S> {
     /// Walks `object` in parts, in order, fetching those not on disk until it is whole, the
     /// owner lets go, or the cache starts evicting (the image would push out itself).
     async fn hydration(self: Arc<Self>, object: ObjectMeta, progress: Arc<HydrationProgress>) {
-        let count = object.size.div_ceil(CHUNK);
+        let id = object_id(&object);
+        lock(&self.pipeline.hydrating).insert(id, None);
+        let parts_count = object.size.div_ceil(PART);
+        let mut visited = vec![false; usize::try_from(parts_count).unwrap_or(0)];
         let evictions = self.disk.evictions();
         let bandwidth = self.pipeline.config.hydrate_bandwidth;
         let started = tokio::time::Instant::now();
         let mut scheduled = 0u64;
         let mut parts = tokio::task::JoinSet::new();
         let mut end = HydrationState::Done;
-        let mut part = 0;
-        while part < count {
-            let chunks = part..(part + PART_CHUNKS).min(count);
-            part = chunks.end;
-            let bytes = (chunks.end * CHUNK).min(object.size) - chunks.start * CHUNK;
+        let mut cursor = 0;
+        loop {
             if progress.stopping() || self.disk.evictions() != evictions || !self.disk.enabled() {
                 end = HydrationState::Stopped;
                 break;
             }
+            // Where a demand read just missed, the reader will likely go on: go there first
+            // (what is skipped is fetched when the walk wraps around).
+            if let Some(Some(chunk)) = lock(&self.pipeline.hydrating)
+                .get_mut(&id)
+                .map(Option::take)
+            {
+                cursor = (chunk / PART_CHUNKS) as usize;
+            }
+            let Some(part) = (cursor..visited.len())
+                .chain(0..cursor)
+                .find(|&p| !visited[p])
+            else {
+                break;
+            };
+            visited[part] = true;
+            cursor = part + 1;
+            let first = part as u64 * PART_CHUNKS;
+            let chunks = first..(first + PART_CHUNKS).min(object.size.div_ceil(CHUNK));
+            let bytes = (chunks.end * CHUNK).min(object.size) - chunks.start * CHUNK;
             let present = chunks.clone().all(|i| {
                 self.disk
                     .contains(&self.disk.path(&object.key, &object.etag, i))
@@ -417,6 +441,7 @@ impl<S: Store> Shared<S> {
                 end = HydrationState::Failed;
             }
         }
+        lock(&self.pipeline.hydrating).remove(&id);
         progress.finish(end);
         info!(
             key = %object.key,
@@ -426,6 +451,14 @@ impl<S: Store> Shared<S> {
             "hydration ended"
         );
     }
+}
+
+/// A hash of an object version's key and ETag (a collision only mixes hints or patterns).
+fn object_id(object: &ObjectMeta) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&object.key, &object.etag).hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

@@ -386,3 +386,34 @@ async fn hydration_stops_when_let_go_and_skips_what_does_not_fit() {
     let (cached, _mem, meta) = setup(small.path(), 150 * CHUNK, data.len()).await;
     assert!(cached.hydrate(&meta).is_none());
 }
+
+/// A hydration goes where a demand read missed: a reader far into the image finds what
+/// follows fetched long before the walk from the start would get there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hydration_goes_where_the_reader_is() {
+    use autosquash_cache::{PART, PipelineConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let data = object((400 * CHUNK) as usize);
+    let mem = Arc::new(MemStore::new());
+    mem.put("obj", data.clone());
+    // Two parts in flight at 50 ms each: the walk from the start covers 16 chunks per 50 ms.
+    let config = PipelineConfig {
+        budget: 2 * PART,
+        ..PipelineConfig::default()
+    };
+    let cached = CachedStore::with_config(mem.clone(), dir.path().to_path_buf(), 1 << 30, config);
+    let meta = cached.head("obj").await.unwrap();
+    mem.set_delay(Duration::from_millis(50));
+    let _hydration = cached.hydrate(&meta).unwrap();
+    cached
+        .read(&meta, 390 * CHUNK..390 * CHUNK + 10)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    mem.set_failing(true);
+    let tail = cached.read(&meta, 391 * CHUNK..400 * CHUNK).await;
+    assert!(
+        tail.is_ok_and(|t| t[..] == data[(391 * CHUNK) as usize..]),
+        "the hydration did not follow the reader"
+    );
+}
