@@ -184,9 +184,6 @@ impl<S: Store> Shared<S> {
             futures::future::join_all((first..=last).map(|i| self.landed(object, i))).await;
         let missing = (first..=last).filter(|i| out[(i - first) as usize].is_none());
         let claimed = self.claim(object, missing);
-        if let Some((i, _)) = claimed.mine.first() {
-            self.pipeline.missed(object, *i);
-        }
         let fetched = self.fetch(object, &claimed.mine, false).await;
         for ((i, _), result) in claimed.mine.iter().zip(fetched) {
             out[(i - first) as usize] = Some(result?);
@@ -318,6 +315,7 @@ impl<S: Store> Store for CachedStore<S> {
         let (first, last) = (range.start / CHUNK, (range.end - 1) / CHUNK);
         // Before this read's own fetch, so the parts after it are on their way at once.
         shared.prefetch_after(object, first, last);
+        shared.pipeline.touch(object, first);
         // With the disk cache off, a read that nothing fetched ahead is passed on exactly: a
         // whole chunk would be fetched only to be thrown away.
         if !shared.disk.enabled() && !shared.fetched_ahead(object, first, last) {

@@ -18,7 +18,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
@@ -32,6 +32,13 @@ const WINDOW_MIN: u64 = (1 << 20) / CHUNK;
 const WINDOW_MAX: u64 = (32 << 20) / CHUNK;
 /// Sequential patterns tracked per object version.
 const STREAMS: usize = 8;
+/// A reader counts as active this long after its last read. While one is, a hydration only
+/// fetches the [`FOLLOW_PARTS`] parts after it, at most [`FOLLOW_IN_FLIGHT`] at once: on a
+/// machine where the network or the CPU is the limit, fetching the far end of an image would
+/// only slow the reader down.
+const READER_ACTIVE: Duration = Duration::from_millis(200);
+const FOLLOW_PARTS: usize = 8;
+const FOLLOW_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -72,9 +79,8 @@ pub(crate) struct Pipeline {
     streams: Mutex<Streams>,
     /// With the disk cache off: chunks fetched ahead and not yet read.
     staged: Mutex<Staged>,
-    /// Objects being hydrated, each with the chunk a demand read last missed (the
-    /// hydration goes there next).
-    hydrating: Mutex<HashMap<u64, Option<u64>>>,
+    /// Objects being hydrated, each with where and when it was last read.
+    hydrating: Mutex<HashMap<u64, Option<(u64, Instant)>>>,
 }
 
 #[derive(Default)]
@@ -153,11 +159,21 @@ impl Pipeline {
         (from < to).then_some(from..to)
     }
 
-    /// A demand read of `object` had to fetch `chunk`: a hydration of it goes there next.
-    pub(crate) fn missed(&self, object: &ObjectMeta, chunk: u64) {
-        if let Some(hint) = lock(&self.hydrating).get_mut(&object_id(object)) {
-            *hint = Some(chunk);
+    /// `object` was just read at `chunk`: its hydration follows the reader for a while.
+    pub(crate) fn touch(&self, object: &ObjectMeta, chunk: u64) {
+        let mut hydrating = lock(&self.hydrating);
+        if hydrating.is_empty() {
+            return;
         }
+        if let Some(at) = hydrating.get_mut(&object_id(object)) {
+            *at = Some((chunk, Instant::now()));
+        }
+    }
+
+    /// Where a reader of hydration `id` is, if one read in the last [`READER_ACTIVE`].
+    fn reader(&self, id: u64) -> Option<u64> {
+        let (chunk, when) = lock(&self.hydrating).get(&id).copied().flatten()?;
+        (when.elapsed() < READER_ACTIVE).then_some(chunk)
     }
 
     pub(crate) fn is_staged(&self, path: &Path) -> bool {
@@ -313,9 +329,11 @@ impl<S: Store> Shared<S> {
             let me = self.clone();
             runtime.spawn_blocking(move || me.disk.read_ahead(&on_disk));
         }
+        // Parts on multiples of PART, like hydration's: a store keeps objects in aligned
+        // blocks (Garage: 1 MiB), and a part across a block boundary makes it read one more.
         let mut part = ahead.start;
         while part < ahead.end {
-            let chunks = part..(part + PART_CHUNKS).min(ahead.end);
+            let chunks = part..((part / PART_CHUNKS + 1) * PART_CHUNKS).min(ahead.end);
             part = chunks.end;
             let (me, object) = (self.clone(), object.clone());
             runtime.spawn(async move {
@@ -378,19 +396,37 @@ impl<S: Store> Shared<S> {
                 end = HydrationState::Stopped;
                 break;
             }
-            // Where a demand read just missed, the reader will likely go on: go there first
-            // (what is skipped is fetched when the walk wraps around).
-            if let Some(Some(chunk)) = lock(&self.pipeline.hydrating)
-                .get_mut(&id)
-                .map(Option::take)
-            {
-                cursor = (chunk / PART_CHUNKS) as usize;
+            while let Some(done) = parts.try_join_next() {
+                if let Ok(Err(e)) = done {
+                    debug!(key = %object.key, error = %e, "hydration part failed");
+                    end = HydrationState::Failed;
+                }
             }
-            let Some(part) = (cursor..visited.len())
-                .chain(0..cursor)
-                .find(|&p| !visited[p])
-            else {
+            if end == HydrationState::Failed {
                 break;
+            }
+            let part = match self.pipeline.reader(id) {
+                // A reader is active: only what follows it, a few parts at a time (what is
+                // skipped is fetched when the walk wraps around).
+                Some(chunk) => {
+                    let at = usize::try_from(chunk / PART_CHUNKS).unwrap_or(usize::MAX);
+                    let next = (at..visited.len().min(at.saturating_add(FOLLOW_PARTS)))
+                        .find(|&p| !visited[p]);
+                    match next {
+                        Some(p) if parts.len() < FOLLOW_IN_FLIGHT => p,
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                }
+                None => match (cursor..visited.len())
+                    .chain(0..cursor)
+                    .find(|&p| !visited[p])
+                {
+                    Some(p) => p,
+                    None => break,
+                },
             };
             visited[part] = true;
             cursor = part + 1;
@@ -425,15 +461,6 @@ impl<S: Store> Shared<S> {
                 progress.cached.fetch_add(bytes, Ordering::Relaxed);
                 Ok::<(), autosquash_core::Error>(())
             });
-            while let Some(done) = parts.try_join_next() {
-                if let Ok(Err(e)) = done {
-                    debug!(key = %object.key, error = %e, "hydration part failed");
-                    end = HydrationState::Failed;
-                }
-            }
-            if end == HydrationState::Failed {
-                break;
-            }
         }
         while let Some(done) = parts.join_next().await {
             if let Ok(Err(e)) = done {

@@ -20,8 +20,6 @@ pub(crate) enum Kind {
     Fragment,
     Inode,
     Listing,
-    /// A chunk of a plain object (the object view).
-    Object,
 }
 
 /// `image` is unique per opened image version, so versions never mix.
@@ -160,30 +158,5 @@ impl BlockCache {
     pub fn namespace() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Chunk `index` of the object version `namespace`, fetched by `fetch` if not cached;
-    /// concurrent callers for one chunk share one fetch.
-    pub async fn object_chunk(
-        &self,
-        namespace: u64,
-        index: u64,
-        fetch: impl Future<Output = crate::Result<Bytes>>,
-    ) -> crate::Result<Bytes> {
-        let key = Key {
-            image: namespace,
-            kind: Kind::Object,
-            pos: index,
-            word: 0,
-        };
-        match self
-            .get_or_insert_async(&key, async { fetch.await.map(Value::Block) })
-            .await?
-        {
-            Value::Block(data) => Ok(data),
-            _ => Err(crate::Error::corrupt(
-                "object cache entry of the wrong kind",
-            )),
-        }
     }
 }

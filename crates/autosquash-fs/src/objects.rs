@@ -1,8 +1,8 @@
 //! The plain object view: a prefix's objects as a read-only tree of files, directories made
 //! from the `/` in keys, the way users read single large files (reference genomes) without
-//! putting them in an image. Reads are ranged GETs of 1 MiB chunks pinned to the ETag,
-//! through the shared cache (single-flight); the store's pipeline fetches ahead of a sequential
-//! reader.
+//! putting them in an image. Reads are ranged reads pinned to the ETag, straight from the
+//! store (the disk cache and its prefetch pipeline, for S3); the kernel's page cache keeps
+//! what was read.
 //!
 //! Versions never mix: a file's inode number belongs to one (key, ETag), so a replaced object
 //! is a new inode with no page cache, and the kernel is told to drop the old name's dentry.
@@ -11,13 +11,14 @@
 use crate::error::{FsError, FsResult};
 use crate::fs::{Attr, DirItem, FsStat, ROOT_INO};
 use crate::tree::Invalidation;
-use autosquash_core::{BlockCache, FileKind, ObjectMeta, Store};
-use bytes::{Bytes, BytesMut};
+use autosquash_core::{FileKind, ObjectMeta, Store};
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::warn;
 
+/// The block size shown for objects (reads come in up to 1 MiB anyway).
 const CHUNK: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
@@ -35,7 +36,6 @@ enum Node {
 /// One object version, as a file.
 struct FileNode {
     meta: ObjectMeta,
-    namespace: u64,
 }
 
 #[derive(Default)]
@@ -56,14 +56,13 @@ struct State {
 
 pub struct ObjectFs {
     store: Arc<dyn Store>,
-    cache: Arc<BlockCache>,
     config: ObjectConfig,
     state: Mutex<State>,
     mtime: u32,
 }
 
 impl ObjectFs {
-    pub fn new(store: Arc<dyn Store>, cache: Arc<BlockCache>, config: ObjectConfig) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, config: ObjectConfig) -> Arc<Self> {
         let mut state = State {
             next_ino: ROOT_INO + 1,
             ..State::default()
@@ -71,7 +70,6 @@ impl ObjectFs {
         state.nodes.insert(ROOT_INO, Node::Dir(BTreeMap::new()));
         Arc::new(Self {
             store,
-            cache,
             config,
             state: Mutex::new(state),
             mtime: SystemTime::now()
@@ -111,20 +109,6 @@ impl ObjectFs {
             .ok_or_else(|| FsError::Stale(format!("inode {ino}")))?;
         f(node)
     }
-}
-
-/// Chunk `index` of an object version, from the cache or the store.
-async fn chunk(store: &dyn Store, cache: &BlockCache, h: &FileNode, index: u64) -> FsResult<Bytes> {
-    let start = index * CHUNK;
-    let end = (start + CHUNK).min(h.meta.size);
-    let fetch = store.read(&h.meta, start..end);
-    cache
-        .object_chunk(h.namespace, index, fetch)
-        .await
-        .map_err(|e| {
-            warn!(key = %h.meta.key, error = %e, "object read failed");
-            e.into()
-        })
 }
 
 /// Valid path components of a key under the prefix; `None` for keys that could confuse the
@@ -248,22 +232,13 @@ impl crate::tree::Tree for ObjectFs {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let (first, last) = (offset / CHUNK, (end - 1) / CHUNK);
-        let store = &*self.store;
-        let chunks =
-            futures::future::try_join_all((first..=last).map(|i| chunk(store, &self.cache, &h, i)))
-                .await?;
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for (i, chunk) in (first..=last).zip(chunks) {
-            let base = i * CHUNK;
-            let from = offset.saturating_sub(base) as usize;
-            let to = ((end - base) as usize).min(chunk.len());
-            if from > to {
-                return Err(FsError::Io(format!("short chunk of {}", h.meta.key)));
-            }
-            out.extend_from_slice(&chunk[from..to]);
-        }
-        Ok(out.freeze())
+        // Straight from the store: the kernel's page cache keeps what was read, the disk
+        // cache the object's chunks, and the store's pipeline fetches ahead of a sequential
+        // reader.
+        self.store.read(&h.meta, offset..end).await.map_err(|e| {
+            warn!(key = %h.meta.key, error = %e, "object read failed");
+            e.into()
+        })
     }
 
     fn getxattr(&self, _ino: u64, _name: &[u8]) -> FsResult<Vec<u8>> {
@@ -329,7 +304,6 @@ impl crate::tree::Tree for ObjectFs {
                         Some(Node::File(f)) => f.clone(),
                         _ => Arc::new(FileNode {
                             meta: object.clone(),
-                            namespace: BlockCache::namespace(),
                         }),
                     };
                     nodes.entry(ino).or_insert(Node::File(node));

@@ -254,7 +254,7 @@ impl Image {
                 .cache
                 .get_or_insert_async(&self.key(block), async {
                     let raw = self.fetch_range(block.pos, u64::from(block.stored)).await?;
-                    self.decode(block, &raw).map(Value::Block)
+                    self.decode(block, raw).map(Value::Block)
                 })
                 .await?;
             return self.checked(block, value).map(|d| vec![d]);
@@ -265,10 +265,11 @@ impl Image {
         run.iter()
             .map(|block| {
                 let from = (block.pos - start) as usize;
-                let stored = raw
-                    .get(from..from + block.stored as usize)
-                    .ok_or_else(|| Error::corrupt("block run shorter than its blocks"))?;
-                let data = self.decode(block, stored)?;
+                let stored = from..from + block.stored as usize;
+                if stored.end > raw.len() {
+                    return Err(Error::corrupt("block run shorter than its blocks"));
+                }
+                let data = self.decode(block, raw.slice(stored))?;
                 if block.keep {
                     self.cache
                         .insert(self.key(block), Value::Block(data.clone()));
@@ -294,12 +295,17 @@ impl Image {
 
     /// Decompresses one block (at most a block size: the length this inode expects is
     /// checked by [`Image::checked`], which every path goes through).
-    fn decode(&self, block: &Block, stored: &[u8]) -> Result<Bytes> {
+    fn decode(&self, block: &Block, stored: Bytes) -> Result<Bytes> {
+        // A raw block is its stored bytes: no copy, unless it is kept in the cache, where a
+        // slice would keep the whole buffer of its run alive, unaccounted.
         if block.raw {
-            return Ok(Bytes::copy_from_slice(stored));
+            return Ok(match block.keep {
+                true => Bytes::copy_from_slice(&stored),
+                false => stored,
+            });
         }
         let bs = self.sb.block_size as usize;
-        Ok(Bytes::from(self.codec.decompress(stored, bs)?))
+        Ok(Bytes::from(self.codec.decompress(&stored, bs)?))
     }
 
     /// The one check between a decoded block and its use: the block must have the length this

@@ -60,7 +60,7 @@ impl Default for FsConfig {
             idle_timeout: Duration::from_secs(300),
             uid: None,
             gid: None,
-            memory_limit: 128 << 20,
+            memory_limit: 64 << 20,
             negative_ttl: Duration::from_secs(60),
             hydrate: true,
         }

@@ -125,7 +125,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     serve(ServeArgs {
         source: Some(dir.path().to_string_lossy().into_owned()),
         mountpoint: Some(mountpoint),
-        memory_limit: Some(128 << 20),
+        memory_limit: Some(64 << 20),
         ignore_config: true,
         control_socket: Some(dir.path().join("control.sock")),
         ..ServeArgs::default()

@@ -44,7 +44,8 @@ pub struct ServeArgs {
     /// asked again [default: 60s].
     #[arg(long, value_parser = parse_duration)]
     pub negative_ttl: Option<Duration>,
-    /// Memory for decompressed data and metadata of all mounts (e.g. 128M, 1G) [default: 128M].
+    /// Memory for decompressed metadata, fragments and partly read blocks of all mounts (e.g.
+    /// 64M, 1G); file data read whole is left to the kernel's page cache [default: 64M].
     #[arg(long, value_parser = parse_size)]
     pub memory_limit: Option<u64>,
     /// Let users other than the daemon's see the mounts (needs user_allow_other in
@@ -147,7 +148,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         memory_limit: args
             .memory_limit
             .or(file.memory_limit()?)
-            .unwrap_or(128 << 20),
+            .unwrap_or(64 << 20),
         s3: file.s3_with(&args.s3)?,
         wait_for_store: args.wait_for_store || file.daemon.wait_for_store.unwrap_or(false),
         cache_dir: args
@@ -265,7 +266,6 @@ async fn start_mount(
         ),
         View::Objects => ObjectFs::new(
             store,
-            cache.clone(),
             ObjectConfig {
                 prefix: source.prefix.clone(),
                 uid: spec.uid,
