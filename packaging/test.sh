@@ -286,8 +286,13 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 node=${node%%@*}
-if [[ -n $node ]] &&
-  garage_cmd layout assign -z dc1 -c 1G "$node" >/dev/null &&
+# `node id` answers before the server listens; the layout needs its RPC port.
+assigned=no
+for _ in $(seq 150); do
+  [[ -n $node ]] && garage_cmd layout assign -z dc1 -c 1G "$node" >/dev/null 2>&1 && { assigned=yes; break; }
+  sleep 0.2
+done
+if [[ $assigned = yes ]] &&
   garage_cmd layout apply --version 1 >/dev/null &&
   garage_cmd key import --yes -n packaging-test "$key_id" "$secret" >/dev/null &&
   garage_cmd bucket create "$bucket" >/dev/null &&

@@ -372,6 +372,8 @@ impl<S: Store> Shared<S> {
             return None;
         }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
+        // Registered before the task runs, so a read right after this call is seen.
+        lock(&self.pipeline.hydrating).insert(object_id(object), None);
         let progress = HydrationProgress::new(object.size);
         runtime.spawn(self.clone().hydration(object.clone(), progress.clone()));
         Some(Hydration::new(progress))
@@ -381,7 +383,6 @@ impl<S: Store> Shared<S> {
     /// owner lets go, or the cache starts evicting (the image would push out itself).
     async fn hydration(self: Arc<Self>, object: ObjectMeta, progress: Arc<HydrationProgress>) {
         let id = object_id(&object);
-        lock(&self.pipeline.hydrating).insert(id, None);
         let parts_count = object.size.div_ceil(PART);
         let mut visited = vec![false; usize::try_from(parts_count).unwrap_or(0)];
         let evictions = self.disk.evictions();

@@ -211,9 +211,23 @@ impl Garage {
                 "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", KEY_ID,
             ],
         ];
+        // `node id` reads the key on disk and answers before the server listens; the steps
+        // need its RPC port, so each waits (bounded) until the server is up.
         for step in steps {
-            if let Err(e) = self.admin(step) {
-                panic!("garage {step:?} failed: {e}");
+            loop {
+                match self.admin(step) {
+                    Ok(_) => break,
+                    Err(e)
+                        if e.contains("Connection refused")
+                            && start.elapsed() < Duration::from_secs(60) =>
+                    {
+                        if let Ok(Some(status)) = self.child.try_wait() {
+                            panic!("garage exited with {status}: {}", self.log());
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => panic!("garage {step:?} failed: {e}"),
+                }
             }
         }
     }
