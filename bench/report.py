@@ -318,10 +318,12 @@ w("")
 met = sum(1 for _, r in targets if r == "**met**")
 w(f"{met} of {len(targets)} target rows met in this run.")
 w("")
-w("Caveats: s3fs downloads large ranges (10 MiB parts, several in parallel) into a temporary "
-  "file while the image is open, so what it fetched during the (untimed) loop mount before a "
-  "cold run serves part of that run (its \"cold\" random reads need few requests); autosquash's "
-  "untimed image open fetches its metadata the same way. s3fs byte counts shown as – could not "
+w("Caveats: cold runs time the image's mount too (s3fs: the loop mount, during which it "
+  "starts downloading 10 MiB parts of the image into a temporary file; autosquash: the first "
+  "lookup, which starts the hydration). `cpu_cs` in the raw results is the CPU time "
+  "(centiseconds) of the stack's daemon, Garage and the latency proxy during the run, and "
+  "what both CPUs left idle: Garage and the proxy run on the same 2 CPUs, so the cold rows "
+  "are CPU-bound for every stack. s3fs byte counts shown as – could not "
   "be read (its pid was not found). The local copies sit on a virtual disk whose host may cache "
   "them, so the local stacks' cold figures are optimistic. Seconds below ~0.1 s (the hot rows) "
   "are within the noise of a shared 2-CPU machine.")

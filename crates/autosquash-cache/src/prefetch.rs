@@ -3,12 +3,17 @@
 //! - Sequential readers are found per object version (up to [`STREAMS`] at once, so parallel
 //!   readers of one file each keep their own pattern); each gets a window ahead of it that
 //!   doubles from 1 MiB to [`WINDOW_MAX`], refilled once half of it is consumed.
-//! - Hydration walks a whole object in order.
-//! - Both fetch in parts of [`PART`] bytes, each part one request, as many in parallel as one
-//!   global budget of bytes in flight allows. Prefetch goes before hydration in that budget;
-//!   demand reads are never in it, so a read never queues behind bytes fetched ahead. Parts
-//!   are small enough that a reader waiting on one waits about a round trip.
-//! - A part claims only chunks nobody has and nobody is fetching, when it gets its budget.
+//! - A caller may hint at a range it expects to be read ([`Store::prefetch`]: the neighbours
+//!   of a file being read).
+//! - Hydration walks a whole object in order when nobody reads it, and only the few parts
+//!   after the reader while someone does (then wraps around for what it skipped).
+//! - All of them fetch in parts of [`PART`] bytes on multiples of PART, each part one request,
+//!   as many in parallel as one global budget of bytes in flight allows. Prefetch goes before
+//!   hydration in that budget; demand reads are never in it, so a read never queues behind
+//!   bytes fetched ahead, and a chunk only queued for a part is taken over by the read that
+//!   needs it. Parts are small enough that a reader waiting on one waits about a round trip.
+//! - A part claims only chunks nobody has and nobody is fetching, when it gets its budget;
+//!   chunks of a window that are already on disk are read into the page cache instead.
 
 use super::{CHUNK, Shared};
 use autosquash_core::{Hydration, HydrationProgress, HydrationState, ObjectMeta, Result, Store};
