@@ -358,6 +358,10 @@ impl<S: Store> Store for CachedStore<S> {
         }
     }
 
+    fn takes_hints(&self) -> bool {
+        true
+    }
+
     fn hydrate(&self, object: &ObjectMeta) -> Option<Hydration> {
         self.shared.hydrate(object)
     }

@@ -82,6 +82,10 @@ impl Store for CountingStore {
         self.inner.prefetch(object, range)
     }
 
+    fn takes_hints(&self) -> bool {
+        self.inner.takes_hints()
+    }
+
     fn hydrate(&self, object: &ObjectMeta) -> Option<super::Hydration> {
         self.inner.hydrate(object)
     }

@@ -47,6 +47,10 @@ pub trait Store: Send + Sync + 'static {
     /// A hint that `range` of `object` will likely be read soon: a store with a local copy
     /// fetches it ahead, below demand reads. No-op by default.
     fn prefetch(&self, _object: &ObjectMeta, _range: Range<u64>) {}
+    /// Whether [`Store::prefetch`] does anything (callers skip working out hints otherwise).
+    fn takes_hints(&self) -> bool {
+        false
+    }
     /// Starts fetching the whole of `object` into the store's local copy in the background,
     /// below demand reads; `None` for a store that keeps no copy or will not take this
     /// object (too large, cache off). Dropping the handle stops it.
@@ -75,6 +79,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn prefetch(&self, object: &ObjectMeta, range: Range<u64>) {
         (**self).prefetch(object, range)
+    }
+    fn takes_hints(&self) -> bool {
+        (**self).takes_hints()
     }
     fn hydrate(&self, object: &ObjectMeta) -> Option<Hydration> {
         (**self).hydrate(object)

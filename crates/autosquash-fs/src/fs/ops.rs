@@ -211,7 +211,8 @@ impl AutoFs {
     /// [`NEIGHBOURHOOD`] bytes), so reading many small files costs a few round trips while
     /// a lone read fetches only what it needs.
     fn neighbourhood(&self, m: &Mounted, inode: &Inode) -> Option<std::ops::Range<u64>> {
-        if m.hydrating() {
+        // A local image (nothing to fetch ahead) or one being hydrated needs no hints.
+        if !self.store.takes_hints() || m.hydrating() {
             return None;
         }
         let parent = m.image.parent(inode.ino)?;

@@ -259,7 +259,13 @@ pub fn run(scale: Scale, out: &mut Outcome) {
         format!("hostile data gives EIO (or ENOENT), not {unexpected:?}"),
     );
     // Bounded: the RSS in the last third of the walks is not above the first third's (the
-    // number of images walked does not matter), and within a fixed ceiling.
+    // number of images walked does not matter), and within a fixed ceiling. One image's walk
+    // can raise the allocator's high-water mark by itself (measured up to 20 MiB, for a
+    // directory 3000 deep) whenever it happens to come; that is no growth with the number of
+    // images, so the allowance includes the largest single-walk growth of this run. (With a
+    // fixed 16 MiB the verdict depended on when that walk fell: the same commit passed on two
+    // machines and failed on a third.)
+    let one_walk = w.jumps.iter().map(|(mib, _)| *mib).fold(0.0, f64::max);
     let third = samples.len() / 3;
     let early = samples[..third.max(1)]
         .iter()
@@ -270,8 +276,8 @@ pub fn run(scale: Scale, out: &mut Outcome) {
         .map(|s| s.1)
         .fold(0.0, f64::max);
     out.check(
-        late <= early * 1.25 + 16.0,
-        format!("RSS stops growing: last third's peak {late:.0} MiB ≤ 125% of the first third's {early:.0} MiB + 16 MiB"),
+        late <= early * 1.25 + 16.0 + one_walk,
+        format!("RSS stops growing: last third's peak {late:.0} MiB ≤ 125% of the first third's {early:.0} MiB + 16 MiB + the largest single walk's {one_walk:.0} MiB"),
     );
     out.check(
         peak < 512.0,
