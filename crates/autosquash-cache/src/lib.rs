@@ -2,14 +2,15 @@
 //! restart (or a second reader) does not fetch it again, and fetches ahead of its readers:
 //! the daemon's one prefetch pipeline (`prefetch`).
 //!
-//! Objects are cached in aligned chunks of [`CHUNK`] bytes keyed by (store, key, ETag, chunk
-//! index): versions never mix, and a replaced object simply stops being asked for. Each chunk
-//! file carries a CRC32 of its bytes, checked on every read; a bad chunk is dropped and
-//! fetched again. Files are written under a temporary name and renamed, so a crash never
-//! leaves a half chunk. The total size stays under a cap by evicting the least recently used
-//! chunks; the index is rebuilt at start from one directory walk (file sizes and mtimes), so
-//! the cache survives restarts. A write that fails (full or failing disk) turns the disk cache
-//! off with one log line; it never fails a read.
+//! Objects are cached in aligned chunks of [`CHUNK`] bytes, per object version (key and ETag):
+//! versions never mix, and a replaced object simply stops being asked for. Each version is
+//! one sparse local file with the chunks at their own offsets, beside a map of which chunks
+//! are present with a CRC32 of each, checked on every read (`disk`): a cached image is read
+//! like a local one, one `pread` per read, and a bad or torn chunk is dropped and fetched
+//! again. The total stays under a cap by evicting the least recently used chunks (holes are
+//! punched); the index is rebuilt at start from the maps, so the cache survives restarts. A
+//! write that fails (full or failing disk) turns the disk cache off with one log line; it
+//! never fails a read.
 //!
 //! Three kinds of fetch share one table of chunks in flight, so no chunk is fetched twice at
 //! once and a reader waits for a chunk already on its way instead of racing it:
@@ -25,7 +26,7 @@
 //! chunks wait in memory, within the budget, until read.
 //!
 //! Threads: all of it runs on the caller's tokio runtime. Demand fetches run in the reading
-//! task; prefetch parts and hydrations in spawned tasks. Chunk files are read inline when
+//! task; prefetch parts and hydrations in spawned tasks. Cached chunks are read inline when
 //! their pages are in memory, else on the blocking pool, where background parts are also
 //! written.
 
@@ -36,7 +37,7 @@ pub use prefetch::{PART, PipelineConfig};
 
 use autosquash_core::{Error, Hydration, ObjectMeta, Result, Store};
 use bytes::{Bytes, BytesMut};
-use disk::Disk;
+use disk::{ChunkId, Disk};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -66,7 +67,7 @@ struct Shared<S: Store> {
     inner: S,
     disk: Disk,
     /// Chunks being fetched or queued for prefetch, shared by concurrent readers.
-    flights: Mutex<HashMap<PathBuf, OnTheWay>>,
+    flights: Mutex<HashMap<ChunkId, OnTheWay>>,
     pipeline: prefetch::Pipeline,
 }
 
@@ -107,7 +108,7 @@ impl<S: Store> CachedStore<S> {
 }
 
 impl<S: Store> Shared<S> {
-    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, OnTheWay>> {
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, OnTheWay>> {
         self.flights.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -118,15 +119,15 @@ impl<S: Store> Shared<S> {
         let mut claimed = Claimed::default();
         let mut flights = self.flights();
         for i in indices {
-            let path = self.disk.path(&object.key, &object.etag, i);
-            match flights.get(&path) {
+            let id = self.disk.id(object, i);
+            match flights.get(&id) {
                 Some(Some(rx)) => claimed.theirs.push((i, rx.clone())),
-                None if self.disk.contains(&path) || self.pipeline.is_staged(&path) => {
+                None if self.disk.contains(object, i) || self.pipeline.is_staged(id) => {
                     claimed.landed.push(i)
                 }
                 Some(None) | None => {
                     let (tx, rx) = watch::channel(None);
-                    flights.insert(path, Some(rx));
+                    flights.insert(id, Some(rx));
                     claimed.mine.push((i, tx));
                 }
             }
@@ -136,18 +137,18 @@ impl<S: Store> Shared<S> {
 
     /// Marks the chunks of `chunks` nobody has or fetches as queued for prefetch; returns
     /// the ones on disk (to be read into the page cache ahead of their reader).
-    fn queue(&self, object: &ObjectMeta, chunks: Range<u64>) -> Vec<PathBuf> {
+    fn queue(&self, object: &ObjectMeta, chunks: Range<u64>) -> Vec<u64> {
         let mut on_disk = Vec::new();
         let mut flights = self.flights();
         for i in chunks {
-            let path = self.disk.path(&object.key, &object.etag, i);
-            if flights.contains_key(&path) || self.pipeline.is_staged(&path) {
+            let id = self.disk.id(object, i);
+            if flights.contains_key(&id) || self.pipeline.is_staged(id) {
                 continue;
             }
-            if self.disk.contains(&path) {
-                on_disk.push(path);
+            if self.disk.contains(object, i) {
+                on_disk.push(i);
             } else {
-                flights.insert(path, None);
+                flights.insert(id, None);
             }
         }
         on_disk
@@ -157,17 +158,16 @@ impl<S: Store> Shared<S> {
     fn fetched_ahead(&self, object: &ObjectMeta, first: u64, last: u64) -> bool {
         let flights = self.flights();
         (first..=last).any(|i| {
-            let path = self.disk.path(&object.key, &object.etag, i);
-            flights.contains_key(&path) || self.pipeline.is_staged(&path)
+            let id = self.disk.id(object, i);
+            flights.contains_key(&id) || self.pipeline.is_staged(id)
         })
     }
 
     /// A chunk from disk or, with the disk cache off, from what prefetch left in memory.
     async fn landed(&self, object: &ObjectMeta, i: u64) -> Option<Bytes> {
-        let path = self.disk.path(&object.key, &object.etag, i);
-        match self.pipeline.take_staged(&path) {
+        match self.pipeline.take_staged(self.disk.id(object, i)) {
             Some(data) => Some(data),
-            None => self.disk.get(&object.key, &object.etag, i).await,
+            None => self.disk.get(object, i..i + 1).await,
         }
     }
 
@@ -207,11 +207,10 @@ impl<S: Store> Shared<S> {
         match rx.wait_for(Option::is_some).await.map(|v| v.clone()) {
             Ok(value) => value.unwrap_or_else(|| Err(Error::store(&object.key, "fetch vanished"))),
             Err(_) => {
-                self.flights()
-                    .remove(&self.disk.path(&object.key, &object.etag, i));
+                self.flights().remove(&self.disk.id(object, i));
                 let data = self.inner.read(object, chunk_range(object, i)).await;
                 if let Ok(data) = &data {
-                    self.disk.put(&object.key, &object.etag, i, data);
+                    self.disk.put(object, &[(i, data.clone())]);
                 }
                 data
             }
@@ -251,7 +250,7 @@ impl<S: Store> Shared<S> {
                 .filter_map(|(i, chunk)| Some((i, chunk.as_ref().ok()?.clone())))
                 .collect();
             if background {
-                // Off the async workers: hydration writes hundreds of chunk files a second.
+                // Off the async workers: hydration writes hundreds of chunks a second.
                 let (me, object) = (self.clone(), object.clone());
                 let _ = tokio::task::spawn_blocking(move || me.land(&object, &landed, true)).await;
             } else {
@@ -259,7 +258,7 @@ impl<S: Store> Shared<S> {
             }
             let mut flights = self.flights();
             for ((i, tx), result) in claimed[start..end].iter().zip(&run) {
-                flights.remove(&self.disk.path(&object.key, &object.etag, *i));
+                flights.remove(&self.disk.id(object, *i));
                 // A failed fetch ahead is nobody's error: its waiters, told nothing, fetch
                 // the chunk themselves once this task lets go of it.
                 if result.is_ok() || !background {
@@ -276,12 +275,11 @@ impl<S: Store> Shared<S> {
     /// Keeps a fetched chunk: on disk, or (a chunk fetched ahead, with the disk cache off) in
     /// memory until it is read.
     fn land(&self, object: &ObjectMeta, chunks: &[(u64, Bytes)], background: bool) {
-        for (i, data) in chunks {
-            if self.disk.enabled() {
-                self.disk.put(&object.key, &object.etag, *i, data);
-            } else if background {
-                let path = self.disk.path(&object.key, &object.etag, *i);
-                self.pipeline.stage(path, data.clone());
+        if self.disk.enabled() {
+            self.disk.put(object, chunks);
+        } else if background {
+            for (i, data) in chunks {
+                self.pipeline.stage(self.disk.id(object, *i), data.clone());
             }
         }
     }
@@ -320,6 +318,14 @@ impl<S: Store> Store for CachedStore<S> {
         // whole chunk would be fetched only to be thrown away.
         if !shared.disk.enabled() && !shared.fetched_ahead(object, first, last) {
             return shared.inner.read(object, range).await;
+        }
+        // All on disk (a cached image read again): one read, and the range a slice of it.
+        if let Some(run) = shared.disk.get(object, first..last + 1).await {
+            let base = first * CHUNK;
+            let (from, to) = ((range.start - base) as usize, (range.end - base) as usize);
+            if to <= run.len() {
+                return Ok(run.slice(from..to));
+            }
         }
         let chunks = shared.chunks(object, first, last).await?;
         // The part of each chunk inside the range; a range inside one chunk is that chunk's

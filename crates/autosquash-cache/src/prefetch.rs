@@ -15,12 +15,11 @@
 //! - A part claims only chunks nobody has and nobody is fetching, when it gets its budget;
 //!   chunks of a window that are already on disk are read into the page cache instead.
 
-use super::{CHUNK, Shared};
+use super::{CHUNK, ChunkId, Shared};
 use autosquash_core::{Hydration, HydrationProgress, HydrationState, ObjectMeta, Result, Store};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -181,38 +180,38 @@ impl Pipeline {
         (when.elapsed() < READER_ACTIVE).then_some(chunk)
     }
 
-    pub(crate) fn is_staged(&self, path: &Path) -> bool {
-        lock(&self.staged).map.contains_key(path)
+    pub(crate) fn is_staged(&self, id: ChunkId) -> bool {
+        lock(&self.staged).map.contains_key(&id)
     }
 
-    pub(crate) fn take_staged(&self, path: &Path) -> Option<Bytes> {
+    pub(crate) fn take_staged(&self, id: ChunkId) -> Option<Bytes> {
         let mut staged = lock(&self.staged);
-        let data = staged.map.remove(path)?;
+        let data = staged.map.remove(&id)?;
         staged.bytes -= data.len() as u64;
         Some(data)
     }
 
-    pub(crate) fn stage(&self, path: PathBuf, data: Bytes) {
-        lock(&self.staged).insert(path, data);
+    pub(crate) fn stage(&self, id: ChunkId, data: Bytes) {
+        lock(&self.staged).insert(id, data);
     }
 }
 
 /// Chunks fetched ahead with the disk cache off, oldest dropped first past the cap.
 #[derive(Default)]
 struct Staged {
-    map: HashMap<PathBuf, Bytes>,
-    order: VecDeque<PathBuf>,
+    map: HashMap<ChunkId, Bytes>,
+    order: VecDeque<ChunkId>,
     bytes: u64,
     cap: u64,
 }
 
 impl Staged {
-    fn insert(&mut self, path: PathBuf, data: Bytes) {
+    fn insert(&mut self, id: ChunkId, data: Bytes) {
         self.bytes += data.len() as u64;
-        if let Some(old) = self.map.insert(path.clone(), data) {
+        if let Some(old) = self.map.insert(id, data) {
             self.bytes -= old.len() as u64;
         }
-        self.order.push_back(path);
+        self.order.push_back(id);
         while self.bytes > self.cap {
             let Some(oldest) = self.order.pop_front() else {
                 break;
@@ -221,7 +220,7 @@ impl Staged {
                 self.bytes -= old.len() as u64;
             }
         }
-        // Paths already taken linger in the order; keep it proportional to what is held.
+        // Chunks already taken linger in the order; keep it proportional to what is held.
         if self.order.len() > 2 * self.map.len() + 64 {
             let map = &self.map;
             self.order.retain(|p| map.contains_key(p));
@@ -331,8 +330,8 @@ impl<S: Store> Shared<S> {
         if !on_disk.is_empty() {
             // Chunks already local are read ahead from disk instead (a restarted daemon
             // reading what it cached before).
-            let me = self.clone();
-            runtime.spawn_blocking(move || me.disk.read_ahead(&on_disk));
+            let (me, object) = (self.clone(), object.clone());
+            runtime.spawn_blocking(move || me.disk.read_ahead(&object, &on_disk));
         }
         // Parts on multiples of PART, like hydration's: a store keeps objects in aligned
         // blocks (Garage: 1 MiB), and a part across a block boundary makes it read one more.
@@ -439,10 +438,7 @@ impl<S: Store> Shared<S> {
             let first = part as u64 * PART_CHUNKS;
             let chunks = first..(first + PART_CHUNKS).min(object.size.div_ceil(CHUNK));
             let bytes = (chunks.end * CHUNK).min(object.size) - chunks.start * CHUNK;
-            let present = chunks.clone().all(|i| {
-                self.disk
-                    .contains(&self.disk.path(&object.key, &object.etag, i))
-            });
+            let present = chunks.clone().all(|i| self.disk.contains(&object, i));
             if present {
                 progress.cached.fetch_add(bytes, Ordering::Relaxed);
                 continue;

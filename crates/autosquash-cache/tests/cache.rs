@@ -48,25 +48,50 @@ async fn reads_are_kept_across_restarts() {
     assert_eq!(mem.stats().reads, 1);
 }
 
+/// The cache's files of one extension ("data" or "map").
+fn files(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for store in std::fs::read_dir(dir).unwrap().flatten() {
+        for f in std::fs::read_dir(store.path()).unwrap().flatten() {
+            if f.path().extension().is_some_and(|e| e == ext) {
+                found.push(f.path());
+            }
+        }
+    }
+    found
+}
+
+/// Bytes the cache's files take on disk (holes take none).
+fn allocated(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    ["data", "map"]
+        .iter()
+        .flat_map(|ext| files(dir, ext))
+        .map(|f| std::fs::metadata(f).unwrap().blocks() * 512)
+        .sum()
+}
+
+fn flip_byte(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+}
+
 #[tokio::test]
 async fn a_damaged_chunk_is_dropped_and_fetched_again() {
     let dir = tempfile::tempdir().unwrap();
     let data = object(2 << 20);
     let (cached, mem, meta) = setup(dir.path(), 1 << 30, data.len()).await;
     cached.read(&meta, 0..100).await.unwrap();
-    let mut files = Vec::new();
-    for version in std::fs::read_dir(dir.path()).unwrap().flatten() {
-        for v in std::fs::read_dir(version.path()).unwrap().flatten() {
-            for c in std::fs::read_dir(v.path()).unwrap().flatten() {
-                files.push(c.path());
-            }
-        }
-    }
-    assert_eq!(files.len(), 1);
-    let mut bytes = std::fs::read(&files[0]).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    std::fs::write(&files[0], bytes).unwrap();
+    let data_files = files(dir.path(), "data");
+    assert_eq!(data_files.len(), 1, "one file per object version");
+    flip_byte(&data_files[0], CHUNK / 2);
     let got = cached.read(&meta, 0..CHUNK).await.unwrap();
     assert_eq!(
         got[..],
@@ -77,6 +102,54 @@ async fn a_damaged_chunk_is_dropped_and_fetched_again() {
     // And the fresh copy is good again.
     cached.read(&meta, 0..CHUNK).await.unwrap();
     assert_eq!(mem.stats().reads, 2);
+}
+
+/// A crash between a chunk's data and its record, as a restart finds it: the record says
+/// present, the bytes are not those. The chunk is fetched again, and its neighbours are not.
+#[tokio::test]
+async fn after_a_restart_a_torn_chunk_is_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = object((4 * CHUNK) as usize);
+    let (cached, mem, meta) = setup(dir.path(), 1 << 30, data.len()).await;
+    cached.read(&meta, 0..4 * CHUNK).await.unwrap();
+    assert_eq!(mem.stats().reads, 1);
+    drop(cached);
+    flip_byte(&files(dir.path(), "data")[0], 2 * CHUNK + 7);
+    let (cached, mem, _) = setup(dir.path(), 1 << 30, data.len()).await;
+    let got = cached.read(&meta, 0..4 * CHUNK).await.unwrap();
+    assert_eq!(got[..], data[..], "a torn chunk was served after a restart");
+    assert_eq!(mem.stats().reads, 1);
+    assert_eq!(
+        mem.stats().bytes,
+        CHUNK,
+        "more than the torn chunk was fetched"
+    );
+}
+
+/// A damaged map (its header, so nothing in it can be trusted) and the chunk directories of
+/// an older release: both removed at start, and reads fetch again.
+#[tokio::test]
+async fn files_that_are_not_a_cached_version_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = object((2 * CHUNK) as usize);
+    let (cached, _, meta) = setup(dir.path(), 1 << 30, data.len()).await;
+    cached.read(&meta, 0..2 * CHUNK).await.unwrap();
+    drop(cached);
+    let map = files(dir.path(), "map").remove(0);
+    flip_byte(&map, 1);
+    let old = map.parent().unwrap().join("0123456789abcdef");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::write(old.join("0"), b"a chunk file of before").unwrap();
+    let (cached, mem, _) = setup(dir.path(), 1 << 30, data.len()).await;
+    assert_eq!(cached.disk_usage().0, 0);
+    assert!(!old.exists(), "an old chunk directory was kept");
+    assert!(
+        files(dir.path(), "data").is_empty(),
+        "a version with a bad map was kept"
+    );
+    let got = cached.read(&meta, 0..2 * CHUNK).await.unwrap();
+    assert_eq!(got[..], data[..]);
+    assert_eq!(mem.stats().reads, 1);
 }
 
 #[tokio::test]
@@ -96,6 +169,12 @@ async fn the_cache_stays_under_its_cap() {
             cached.disk_usage().0 <= cap,
             "{} bytes over a cap of {cap}",
             cached.disk_usage().0
+        );
+        // What is evicted gives its space back (holes), headers and records aside.
+        assert!(
+            allocated(dir.path()) <= cap + (64 << 10),
+            "{} bytes allocated for a cap of {cap}",
+            allocated(dir.path())
         );
     }
     // The most recent chunk is still there; the oldest was evicted.
