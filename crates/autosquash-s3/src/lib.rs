@@ -162,8 +162,46 @@ fn backoff(attempt: u32) -> Duration {
     base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
+/// Whether a ranged GET's answer is the pinned version's bytes of the range asked for: its
+/// ETag the pinned one (a store that ignores `If-Match` answers a replaced object's new
+/// bytes: taken as replaced, like a 412) and its `Content-Range` the range asked for of an
+/// object of the pinned size (a store that ignores `Range` answers the whole object).
+fn answered_as_asked(
+    object: &ObjectMeta,
+    range: &Range<u64>,
+    etag: Option<&str>,
+    content_range: Option<&str>,
+) -> Result<()> {
+    let bare = |e: &str| e.trim_start_matches("W/").trim_matches('"').to_owned();
+    if etag.is_some_and(|e| bare(e) != bare(&object.etag)) {
+        return Err(Error::Replaced(object.key.clone()));
+    }
+    let wanted = format!("bytes {}-{}/", range.start, range.end - 1);
+    match content_range {
+        Some(answered) => match answered.strip_prefix(&wanted) {
+            Some(size) if size == object.size.to_string() => Ok(()),
+            // The range asked for, of an object of another size: another version.
+            Some(_) => Err(Error::Replaced(object.key.clone())),
+            None => Err(Error::store(
+                &object.key,
+                format!(
+                    "asked the store for {wanted}{}, it answered {answered}",
+                    object.size
+                ),
+            )),
+        },
+        // A 200: right only if the range asked for is the whole object.
+        None if range.start == 0 && range.end == object.size => Ok(()),
+        None => Err(Error::store(
+            &object.key,
+            "the store ignored the Range header (it answered the whole object); it cannot be served",
+        )),
+    }
+}
+
 impl S3Store {
-    async fn get(&self, key: &str, etag: &str, range: &Range<u64>) -> Result<Bytes, Attempt> {
+    async fn get(&self, object: &ObjectMeta, range: &Range<u64>) -> Result<Bytes, Attempt> {
+        let (key, etag) = (object.key.as_str(), object.etag.as_str());
         let started = tokio::time::Instant::now();
         let out = self
             .client
@@ -175,6 +213,10 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| Attempt::Final(self.error(key, e, started)))?;
+        // Not every S3-compatible store honours If-Match and Range: what it answered is
+        // checked before its bytes are used.
+        answered_as_asked(object, range, out.e_tag(), out.content_range())
+            .map_err(Attempt::Final)?;
         let data = out
             .body
             .collect()
@@ -334,7 +376,7 @@ impl Store for S3Store {
     }
 
     async fn read(&self, object: &ObjectMeta, range: Range<u64>) -> Result<Bytes> {
-        let (key, etag) = (object.key.as_str(), object.etag.as_str());
+        let key = object.key.as_str();
         if range.is_empty() {
             return Ok(Bytes::new());
         }
@@ -350,7 +392,7 @@ impl Store for S3Store {
         let deadline = started + self.read_deadline;
         let mut attempt = 1;
         loop {
-            let Ok(result) = tokio::time::timeout_at(deadline, self.get(key, etag, &range)).await
+            let Ok(result) = tokio::time::timeout_at(deadline, self.get(object, &range)).await
             else {
                 self.health.unreachable(started);
                 return Err(Error::store(
