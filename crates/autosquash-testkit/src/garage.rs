@@ -130,8 +130,13 @@ pub(crate) fn client_env() -> Vec<(&'static str, String)> {
 
 /// Runs curl with SigV4 signing as [`KEY_ID`] (unsigned payload); `args` carry the URL(s).
 pub(crate) fn curl_sigv4(args: &[&str]) -> std::process::Output {
+    curl_sigv4_as(KEY_ID, SECRET, args)
+}
+
+/// [`curl_sigv4`], signing as key `id`.
+fn curl_sigv4_as(id: &str, secret: &str, args: &[&str]) -> std::process::Output {
     let signing = format!("aws:amz:{REGION}:s3");
-    let user = format!("{KEY_ID}:{SECRET}");
+    let user = format!("{id}:{secret}");
     Command::new("curl")
         .args(["-sS", "-f", "--aws-sigv4", &signing, "--user", &user])
         .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
@@ -262,6 +267,35 @@ impl Garage {
             "-K",
             &config.display().to_string(),
         ]);
+    }
+
+    /// Imports one more key (`id` is `GK` and 24 hex digits, `secret` 64 hex digits) and lets it
+    /// read the bucket.
+    pub fn add_key(&self, name: &str, id: &str, secret: &str) {
+        let steps: [&[&str]; 2] = [
+            &["key", "import", "--yes", "-n", name, id, secret],
+            &["bucket", "allow", "--read", &self.bucket, "--key", id],
+        ];
+        for step in steps {
+            if let Err(e) = self.admin(step) {
+                panic!("garage {step:?} failed: {e}");
+            }
+        }
+    }
+
+    /// Deletes key `id`: requests signed with it are refused from then on.
+    pub fn delete_key(&self, id: &str) {
+        if let Err(e) = self.admin(&["key", "delete", "--yes", id]) {
+            panic!("garage key delete {id} failed: {e}");
+        }
+    }
+
+    /// Whether a listing of the bucket signed with key `id` succeeds.
+    pub fn key_can_list(&self, id: &str, secret: &str) -> bool {
+        let url = format!("{}/{}?list-type=2", self.endpoint, self.bucket);
+        curl_sigv4_as(id, secret, &["-o", "/dev/null", &url])
+            .status
+            .success()
     }
 
     pub fn delete(&self, key: &str) {
