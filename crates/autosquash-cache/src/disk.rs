@@ -348,19 +348,23 @@ impl Disk {
         let offset = chunks.start * CHUNK;
         let len =
             usize::try_from((chunks.end * CHUNK).min(object.size).checked_sub(offset)?).ok()?;
-        let buf = match read_if_cached(&data_path(&stem), offset, len) {
-            Some(buf) => Some(buf),
-            None => {
-                let path = data_path(&stem);
-                tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0; len];
-                    File::open(path).and_then(|f| f.read_exact_at(&mut buf, offset))?;
-                    Ok::<_, std::io::Error>(buf)
-                })
-                .await
-                .ok()
-                .and_then(Result::ok)
-            }
+        let path = data_path(&stem);
+        let mut buf = vec![0; len];
+        let inline = File::open(&path)
+            .ok()
+            .map_or(0, |file| read_if_cached(&file, offset, &mut buf));
+        let buf = if inline == len {
+            Some(buf)
+        } else {
+            // The rest from disk, on the blocking pool.
+            tokio::task::spawn_blocking(move || {
+                let rest = buf.get_mut(inline..).unwrap_or_default();
+                File::open(path).and_then(|f| f.read_exact_at(rest, offset + inline as u64))?;
+                Ok::<_, std::io::Error>(buf)
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
         };
         let damaged: Vec<u64> = match &buf {
             Some(buf) => chunks
@@ -618,13 +622,17 @@ impl Disk {
     }
 }
 
-/// `len` bytes at `offset` of the file, if every page of them is in memory (`RWF_NOWAIT`);
-/// `None` to read them from disk elsewhere (or if the file cannot be opened: the blocking
-/// read reports that).
-fn read_if_cached(path: &std::path::Path, offset: u64, len: usize) -> Option<Vec<u8>> {
-    let file = File::open(path).ok()?;
-    let mut buf = vec![0; len];
-    let mut io = [std::io::IoSliceMut::new(&mut buf)];
-    let n = rustix::io::preadv2(&file, &mut io, offset, rustix::io::ReadWriteFlags::NOWAIT).ok()?;
-    (n == len).then_some(buf)
+/// Reads what of `buf` is in memory at `offset` of `file` without waiting for the disk
+/// (`RWF_NOWAIT`, which stops at the first page that is not); the bytes read.
+fn read_if_cached(file: &File, offset: u64, buf: &mut [u8]) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        let mut io = [std::io::IoSliceMut::new(&mut buf[done..])];
+        let at = offset + done as u64;
+        match rustix::io::preadv2(file, &mut io, at, rustix::io::ReadWriteFlags::NOWAIT) {
+            Ok(n) if n > 0 => done += n,
+            _ => break,
+        }
+    }
+    done
 }
