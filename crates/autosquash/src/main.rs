@@ -37,6 +37,8 @@ enum Command {
     Link(cmd::link::LinkArgs),
     /// Show what the running daemon serves: images, versions, open files, cache, store counters.
     Status(cmd::status::StatusArgs),
+    /// Check that an s3:// prefix can be served: credentials, listing, ranges, If-Match, clock, speed.
+    Doctor(cmd::doctor::DoctorArgs),
 }
 
 /// The daemon reports what it mounts; one-shot commands only speak up about problems.
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
             Command::Push(args) => cmd::push::push(args).await,
             Command::Link(args) => cmd::link::link(args),
             Command::Status(args) => cmd::status::status(args).await,
+            Command::Doctor(args) => cmd::doctor::doctor(args).await,
         }
     });
     // Work left when the command is done (readahead still fetching, blocking file reads) is

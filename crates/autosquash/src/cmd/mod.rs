@@ -1,6 +1,7 @@
 //! One module per group of subcommands.
 
 pub mod demo;
+pub mod doctor;
 pub mod inspect;
 pub mod link;
 pub mod pack;
