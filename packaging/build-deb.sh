@@ -52,6 +52,11 @@ install -D -m 0755 "$binary" "$stage/usr/bin/autosquash"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$stage/usr/bin/autosquash"
 install -D -m 0755 packaging/cleanup-mounts "$stage/usr/libexec/autosquash/cleanup-mounts"
 install -D -m 0644 packaging/autosquash.service "$stage/lib/systemd/system/autosquash.service"
+# Metrics for node_exporter's textfile collector: installed, not enabled (the postinst
+# enables autosquash.service only).
+install -D -m 0755 packaging/write-metrics "$stage/usr/libexec/autosquash/write-metrics"
+install -D -m 0644 packaging/autosquash-metrics.service "$stage/lib/systemd/system/autosquash-metrics.service"
+install -D -m 0644 packaging/autosquash-metrics.timer "$stage/lib/systemd/system/autosquash-metrics.timer"
 install -D -m 0644 packaging/config.toml "$stage/etc/autosquash/config.toml"
 install -D -m 0644 packaging/deb/lintian-overrides "$stage/usr/share/lintian/overrides/autosquash"
 install -d "$doc"

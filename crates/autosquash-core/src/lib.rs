@@ -9,6 +9,7 @@
 
 mod block_cache;
 pub mod error;
+pub mod histogram;
 pub mod squashfs;
 pub mod store;
 
@@ -17,5 +18,5 @@ pub use error::{Error, Result};
 pub use squashfs::{DirEntry, FileKind, Image, Inode, Walked};
 pub use store::{
     CountingStore, DirStore, Hydration, HydrationProgress, HydrationState, MemStore, ObjectMeta,
-    Store, StoreCounters,
+    RequestCounters, Store, StoreCounters,
 };

@@ -20,6 +20,7 @@ use crate::error::FsError;
 use crate::fs::{Attr, DirItem, ROOT_INO};
 use crate::tree::{Invalidation, Tree};
 use autosquash_core::FileKind;
+use autosquash_core::histogram::Histogram;
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
@@ -30,7 +31,8 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
@@ -105,9 +107,78 @@ fn ttl_for(ino: u64) -> &'static Duration {
     if ino == ROOT_INO { &ROOT_TTL } else { &TTL }
 }
 
+/// Requests of one mount by operation, and the latency of reads, for the metrics. Counting is
+/// one relaxed atomic add per request (two and a clock read for a read): no lock anywhere.
+#[derive(Default)]
+pub struct FuseStats {
+    requests: [AtomicU64; OPS.len()],
+    /// From the request's arrival to its reply (inline or from the runtime).
+    pub read_latency: Histogram,
+}
+
+/// The operations counted, by their FUSE names (`op` label values); `refused` gathers every
+/// request that would change the tree (answered EROFS).
+pub const OPS: [&str; 18] = [
+    "lookup",
+    "forget",
+    "getattr",
+    "readlink",
+    "open",
+    "read",
+    "flush",
+    "fsync",
+    "fsyncdir",
+    "ioctl",
+    "opendir",
+    "readdir",
+    "readdirplus",
+    "statfs",
+    "getxattr",
+    "listxattr",
+    "access",
+    "refused",
+];
+
+#[derive(Clone, Copy)]
+enum Op {
+    Lookup,
+    Forget,
+    Getattr,
+    Readlink,
+    Open,
+    Read,
+    Flush,
+    Fsync,
+    Fsyncdir,
+    Ioctl,
+    Opendir,
+    Readdir,
+    Readdirplus,
+    Statfs,
+    Getxattr,
+    Listxattr,
+    Access,
+    Refused,
+}
+
+impl FuseStats {
+    fn count(&self, op: Op) {
+        self.requests[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests so far per operation, in the order of [`OPS`].
+    pub fn requests(&self) -> Vec<(&'static str, u64)> {
+        OPS.iter()
+            .zip(&self.requests)
+            .map(|(name, n)| (*name, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 struct FuseFs {
     fs: Arc<dyn Tree>,
     runtime: Handle,
+    stats: Arc<FuseStats>,
 }
 
 impl FuseFs {
@@ -142,6 +213,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stats.count(Op::Lookup);
         let answer = |result: Result<Attr, FsError>, reply: ReplyEntry| match result {
             Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(&e)),
@@ -158,10 +230,12 @@ impl Filesystem for FuseFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.stats.count(Op::Forget);
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stats.count(Op::Getattr);
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(ttl_for(ino.0), &file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
@@ -169,6 +243,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.stats.count(Op::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(&e)),
@@ -176,6 +251,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.count(Op::Open);
         // Zero-message open: after this one ENOSYS the kernel opens files without asking
         // (keeping their page cache) and sends neither FLUSH nor RELEASE. Write access is
         // refused by the VFS itself: the mount is read-only.
@@ -193,12 +269,14 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let fs = self.fs.clone();
+        self.stats.count(Op::Read);
+        let (fs, stats, start) = (self.fs.clone(), self.stats.clone(), Instant::now());
         self.run_here_or_spawn(async move {
             match fs.read(ino.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e)),
             }
+            stats.read_latency.observe(start.elapsed());
         });
     }
 
@@ -210,6 +288,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Flush);
         // Nothing is ever written: ENOSYS once, and the kernel stops sending FLUSH.
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
@@ -222,6 +301,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fsync);
         reply.ok();
     }
 
@@ -233,6 +313,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Fsyncdir);
         reply.ok();
     }
 
@@ -247,11 +328,13 @@ impl Filesystem for FuseFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.stats.count(Op::Ioctl);
         // Terminal probes (isatty) and the like: not a device.
         reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.count(Op::Opendir);
         // Zero-message opendir, as for files: after one ENOSYS the kernel opens directories
         // itself (no OPENDIR and RELEASEDIR per directory) and caches their listings. The
         // listings that change (the root, object view directories) are invalidated by the
@@ -267,6 +350,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.stats.count(Op::Readdir);
         let mut add = |item: &DirItem, _: Option<&Attr>| {
             reply.add(
                 INodeNo(item.ino),
@@ -289,6 +373,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stats.count(Op::Readdirplus);
         let mut add = |item: &DirItem, attr: Option<&Attr>| match attr {
             Some(attr) => reply.add(
                 INodeNo(item.ino),
@@ -315,6 +400,7 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.stats.count(Op::Statfs);
         match self.fs.statfs(ino.0) {
             Ok(s) => reply.statfs(s.blocks, 0, 0, s.files, 0, s.bsize, 255, s.bsize),
             Err(e) => reply.error(errno(&e)),
@@ -322,14 +408,17 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.stats.count(Op::Getxattr);
         xattr_reply(self.fs.getxattr(ino.0, name.as_bytes()), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stats.count(Op::Listxattr);
         xattr_reply(self.fs.listxattr(ino.0), size, reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.stats.count(Op::Access);
         if mask.contains(AccessFlags::W_OK) {
             return reply.error(Errno::EROFS);
         }
@@ -360,6 +449,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
@@ -373,6 +463,7 @@ impl Filesystem for FuseFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
@@ -385,14 +476,17 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
@@ -404,6 +498,7 @@ impl Filesystem for FuseFs {
         _target: &Path,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
@@ -417,6 +512,7 @@ impl Filesystem for FuseFs {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
@@ -428,6 +524,7 @@ impl Filesystem for FuseFs {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
@@ -443,6 +540,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
@@ -456,6 +554,7 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
@@ -469,10 +568,12 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.stats.count(Op::Refused);
         reply.error(Errno::EROFS);
     }
 }
@@ -491,6 +592,7 @@ fn xattr_reply(value: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
 pub struct Mount {
     session: std::sync::Mutex<Option<fuser::BackgroundSession>>,
     notifier: fuser::Notifier,
+    stats: Arc<FuseStats>,
     pub mountpoint: PathBuf,
 }
 
@@ -527,6 +629,11 @@ impl Mount {
         Invalidator {
             notifier: self.notifier.clone(),
         }
+    }
+
+    /// The mount's request counters (for the metrics).
+    pub fn stats(&self) -> &Arc<FuseStats> {
+        &self.stats
     }
 
     pub fn unmount(&self) -> std::io::Result<()> {
@@ -567,13 +674,20 @@ pub fn mount(
     } else {
         SessionACL::Owner
     };
-    let session = fuser::Session::new(FuseFs { fs, runtime }, mountpoint, &config)?;
+    let stats = Arc::<FuseStats>::default();
+    let fuse_fs = FuseFs {
+        fs,
+        runtime,
+        stats: stats.clone(),
+    };
+    let session = fuser::Session::new(fuse_fs, mountpoint, &config)?;
     let notifier = session.notifier();
     let session = session.spawn()?;
     raise_readahead(mountpoint);
     Ok(Mount {
         session: std::sync::Mutex::new(Some(session)),
         notifier,
+        stats,
         mountpoint: mountpoint.to_path_buf(),
     })
 }

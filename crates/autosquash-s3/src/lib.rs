@@ -30,6 +30,8 @@ use tracing::debug;
 
 mod health;
 mod upload;
+/// The SDK, for requests beyond the [`Store`] trait (see [`client_config`]).
+pub use aws_sdk_s3;
 use health::Health;
 pub use upload::*;
 
@@ -69,7 +71,7 @@ impl S3Config {
 
 /// Decodes a key of a listing asked with `encoding-type=url`: `%XX` escapes, and `+` for a
 /// space (as S3 writes it; a literal `+` comes as `%2B`). `None` if it is not UTF-8.
-fn url_decode(encoded: &str) -> Option<String> {
+pub fn url_decode(encoded: &str) -> Option<String> {
     let bytes = encoded.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -96,6 +98,51 @@ pub fn parse_url(url: &str) -> Option<(String, String)> {
         return None;
     }
     Some((bucket.to_owned(), prefix.to_owned()))
+}
+
+/// The S3 client configuration for `config` (region, credentials chain, endpoint,
+/// addressing, timeouts, retries) that [`S3Store::new`] builds its client from; for tools
+/// that need requests the store does not make (`autosquash doctor`). With it, the credentials
+/// provider it signs with (`None` for unsigned requests).
+pub async fn client_config(
+    config: &S3Config,
+) -> (
+    aws_sdk_s3::config::Builder,
+    Option<aws_sdk_s3::config::SharedCredentialsProvider>,
+) {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(config.connect_timeout)
+                .read_timeout(config.read_timeout)
+                .operation_timeout(config.operation_timeout)
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(config.max_attempts)
+                .with_initial_backoff(Duration::from_millis(50)),
+        );
+    if let Some(region) = &config.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(profile) = &config.profile {
+        loader = loader.profile_name(profile);
+    }
+    if config.no_sign_request {
+        loader = loader.no_credentials();
+    }
+    let shared = loader.load().await;
+    let mut builder =
+        aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.force_path_style);
+    if shared.region().is_none() {
+        // S3-compatible servers rarely care; AWS itself redirects from us-east-1.
+        builder = builder.region(Region::new("us-east-1"));
+    }
+    if let Some(endpoint) = &config.endpoint_url {
+        builder = builder.endpoint_url(endpoint);
+    }
+    (builder, shared.credentials_provider())
 }
 
 pub struct S3Store {
@@ -234,38 +281,7 @@ impl S3Store {
     }
 
     pub async fn new(config: &S3Config) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(config.connect_timeout)
-                    .read_timeout(config.read_timeout)
-                    .operation_timeout(config.operation_timeout)
-                    .build(),
-            )
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(config.max_attempts)
-                    .with_initial_backoff(Duration::from_millis(50)),
-            );
-        if let Some(region) = &config.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(profile) = &config.profile {
-            loader = loader.profile_name(profile);
-        }
-        if config.no_sign_request {
-            loader = loader.no_credentials();
-        }
-        let shared = loader.load().await;
-        let mut builder =
-            aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.force_path_style);
-        if shared.region().is_none() {
-            // S3-compatible servers rarely care; AWS itself redirects from us-east-1.
-            builder = builder.region(Region::new("us-east-1"));
-        }
-        if let Some(endpoint) = &config.endpoint_url {
-            builder = builder.endpoint_url(endpoint);
-        }
+        let (mut builder, _) = client_config(config).await;
         let attempts = Arc::new(Attempts::default());
         builder = builder.interceptor(CountAttempts(attempts.clone()));
         Self {

@@ -37,6 +37,8 @@ pub struct DaemonSection {
     pub hydrate_bandwidth: Option<String>,
     pub control_socket: Option<PathBuf>,
     pub wait_for_store: Option<bool>,
+    /// Address (`host:port`) on which to serve `GET /metrics`; unset: no HTTP listener.
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,6 +209,7 @@ mod tests {
             r#"version = 1
 [daemon]
 memory_limit = "512M"
+metrics_listen = "127.0.0.1:9753"
 [s3]
 region = "eu-west-1"
 [[mount]]
@@ -223,6 +226,7 @@ view = "objects"
         .unwrap()
         .unwrap();
         assert_eq!(c.memory_limit().unwrap(), Some(512 << 20));
+        assert_eq!(c.daemon.metrics_listen.as_deref(), Some("127.0.0.1:9753"));
         assert_eq!(c.mounts.len(), 2);
         let m = c.mounts[0].resolve().unwrap();
         assert_eq!(m.idle_timeout, Duration::from_secs(600));

@@ -8,7 +8,7 @@ mod dir;
 mod hydration;
 mod mem;
 
-pub use counting::{CountingStore, StoreCounters};
+pub use counting::{CountingStore, RequestCounters, StoreCounters};
 pub use dir::DirStore;
 pub use hydration::{Hydration, HydrationProgress, HydrationState};
 pub use mem::{MemStore, StoreStats};

@@ -130,6 +130,7 @@ impl AutoFs {
             if let Some(m) = state.mounted.remove(name) {
                 m.retired.store(true, Ordering::Relaxed);
                 m.stop_hydration();
+                self.expiries_total.fetch_add(1, Ordering::Relaxed);
                 info!(image = %name, "image idle; releasing");
             }
         }
@@ -292,6 +293,7 @@ impl AutoFs {
             panicked: AtomicBool::new(false),
         });
         info!(image = %name, slot, etag = %meta.etag, "image mounted");
+        self.mounts_total.fetch_add(1, Ordering::Relaxed);
         state.failures_logged.remove(name);
         state.slots.insert(slot, m.clone());
         state.mounted.insert(name.to_owned(), m.clone());

@@ -222,6 +222,9 @@ pub struct AutoFs {
     /// while other images mount in parallel (a slow image stalls nobody else).
     mounting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     started: Instant,
+    /// Images mounted and released (idle, outdated or early) since the start, for metrics.
+    mounts_total: AtomicU64,
+    expiries_total: AtomicU64,
 }
 
 fn split(ino: u64) -> (u32, u32) {
@@ -273,6 +276,8 @@ impl AutoFs {
             }),
             mounting: Mutex::default(),
             started: Instant::now(),
+            mounts_total: AtomicU64::new(0),
+            expiries_total: AtomicU64::new(0),
         })
     }
 
@@ -379,6 +384,7 @@ impl crate::tree::Tree for AutoFs {
             .map(|m| {
                 serde_json::json!({
                     "name": m.name,
+                    "key": m.image.meta().key,
                     "etag": m.image.meta().etag,
                     "size": m.image.meta().size,
                     "mounted_secs_ago": now.saturating_sub(m.mounted_at) / 1000,
@@ -395,6 +401,8 @@ impl crate::tree::Tree for AutoFs {
             "images_listed": state.images.len(),
             "images_mounted": images,
             "slots": state.slots.len(),
+            "mounts_total": self.mounts_total.load(Ordering::Relaxed),
+            "expiries_total": self.expiries_total.load(Ordering::Relaxed),
         })
     }
 }

@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Unix socket answering `autosquash status` [default: /run/autosquash/control.sock].
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
+    /// Serve the metrics (Prometheus text format) as `GET /metrics` over plain HTTP on this
+    /// address, e.g. 127.0.0.1:9753 [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
     /// Read no configuration file at all (the demo must not pick up a system's).
@@ -97,6 +101,7 @@ struct Settings {
     s3: S3Args,
     wait_for_store: bool,
     control_socket: PathBuf,
+    metrics_listen: Option<String>,
     cache_dir: PathBuf,
     cache_size: u64,
     hydrate_max: u64,
@@ -167,6 +172,10 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
             .clone()
             .or(file.daemon.control_socket.clone())
             .unwrap_or_else(|| config::DEFAULT_SOCKET.into()),
+        metrics_listen: args
+            .metrics_listen
+            .clone()
+            .or(file.daemon.metrics_listen.clone()),
     })
 }
 
@@ -177,12 +186,26 @@ pub struct Served {
     pub counters: Arc<StoreCounters>,
     /// The store itself, for what only it counts (retries).
     pub store: Arc<dyn Store>,
+    /// The source's key prefix (image names in the metrics are keys without it).
+    pub prefix: String,
+    /// FUSE requests by operation and read latency (for the metrics).
+    pub fuse: Arc<fuse::FuseStats>,
     mount: Mount,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let settings = settings(&args)?;
     mountpoint::check_fuse_device()?;
+    // Bound before anything is mounted: an address in use is a startup error, not a
+    // half-started daemon.
+    let metrics_listener = match &settings.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr} (metrics_listen)"))?,
+        ),
+        None => None,
+    };
     let cache = BlockCache::new(settings.memory_limit);
     let mut served = Vec::new();
     let mut tasks = Vec::new();
@@ -199,6 +222,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     )
     .map_err(|e| warn!(socket = %settings.control_socket.display(), error = %e, "no status socket"))
     .ok();
+    let metrics = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "serving metrics at /metrics");
+        }
+        crate::cmd::status::serve_metrics(listener, served.clone(), cache.clone())
+    });
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -206,7 +235,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         _ = sigterm.recv() => {}
         _ = sigint.recv() => {}
     }
-    for task in tasks {
+    for task in tasks.into_iter().chain(metrics) {
         task.abort();
     }
     if let Some(status) = status {
@@ -320,6 +349,8 @@ async fn start_mount(
             tree,
             counters,
             store: source.store,
+            prefix: source.prefix.clone(),
+            fuse: mount.stats().clone(),
             mount,
         },
         task,

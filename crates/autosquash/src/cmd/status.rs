@@ -1,10 +1,16 @@
 //! `autosquash status`: the daemon answers on a unix socket with one JSON document (mounts,
-//! images, cache, store counters, memory); the command prints it as a table or as JSON.
+//! images, cache, store counters, FUSE requests, latency histograms, memory); the command
+//! prints it as a table, as JSON, or as a Prometheus text exposition (rendered here, in the
+//! client, from the same document: the socket protocol stays one document per connection).
+//! With `metrics_listen`, the daemon also serves that exposition as `GET /metrics`.
+
+mod prometheus;
 
 use super::serve::Served;
 use crate::config;
 use anyhow::{Context, Result};
 use autosquash_core::BlockCache;
+use autosquash_core::histogram::{BOUNDS_US, Histogram};
 use clap::Args;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -15,8 +21,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Args)]
 pub struct StatusArgs {
     /// Print the daemon's JSON document as it is.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prometheus")]
     json: bool,
+    /// Print the metrics in the Prometheus text format (0.0.4), e.g. for node_exporter's
+    /// textfile collector.
+    #[arg(long)]
+    prometheus: bool,
     /// The daemon's control socket.
     #[arg(long, default_value = config::DEFAULT_SOCKET)]
     control_socket: PathBuf,
@@ -35,6 +45,18 @@ fn memory_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// A histogram as the document carries it: bucket bounds, counts per bucket (not cumulative,
+/// `+Inf` last) and the sum.
+fn histogram(h: &Histogram) -> Value {
+    let s = h.snapshot();
+    json!({
+        "bounds_us": BOUNDS_US,
+        "buckets": s.buckets,
+        "count": s.count(),
+        "sum_us": s.sum_us,
+    })
+}
+
 fn document(served: &[Served], cache: &BlockCache) -> Value {
     let (hits, lookups) = cache.hits_and_lookups();
     let (rss, peak) = memory_kib();
@@ -50,6 +72,29 @@ fn document(served: &[Served], cache: &BlockCache) -> Value {
                 "errors": c.errors.load(Ordering::Relaxed),
                 "retries": s.store.retries(),
                 "replaced": c.replaced.load(Ordering::Relaxed),
+                "latency": {
+                    "list": histogram(&c.list_latency),
+                    "head": histogram(&c.head_latency),
+                    "read": histogram(&c.read_latency),
+                },
+                "objects": c.objects().iter().map(|(key, o)| json!({
+                    "key": key,
+                    "image": autosquash_fs::fs::image_name(&s.prefix, key),
+                    "requests": o.requests.load(Ordering::Relaxed),
+                    "bytes": o.bytes.load(Ordering::Relaxed),
+                    "errors": o.errors.load(Ordering::Relaxed),
+                    "replaced": o.replaced.load(Ordering::Relaxed),
+                })).collect::<Vec<_>>(),
+            });
+            let requests: serde_json::Map<String, Value> = s
+                .fuse
+                .requests()
+                .into_iter()
+                .map(|(op, n)| (op.to_owned(), json!(n)))
+                .collect();
+            tree["fuse"] = json!({
+                "requests": requests,
+                "read_latency": histogram(&s.fuse.read_latency),
             });
             tree
         })
@@ -94,6 +139,76 @@ pub fn listen(
     }))
 }
 
+/// Serves `GET /metrics` (the Prometheus exposition) over plain HTTP on `listener` until the
+/// returned task is aborted. A minimal responder: one request per connection, then close.
+pub fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    served: Arc<Vec<Served>>,
+    cache: Arc<BlockCache>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                // Out of file descriptors and the like: try again shortly.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            };
+            let (served, cache) = (served.clone(), cache.clone());
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    answer_http(conn, &served, &cache),
+                )
+                .await;
+            });
+        }
+    })
+}
+
+async fn answer_http(
+    mut conn: tokio::net::TcpStream,
+    served: &[Served],
+    cache: &BlockCache,
+) -> std::io::Result<()> {
+    // The request head, up to its blank line (bodies are not expected; 8 KiB at most).
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 || head.len() > 8192 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut words = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => (
+            "200 OK",
+            prometheus::CONTENT_TYPE,
+            prometheus::render(&document(served, cache)),
+        ),
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_owned(),
+        ),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        response.push_str(&body);
+    }
+    conn.write_all(response.as_bytes()).await?;
+    conn.shutdown().await
+}
+
 pub async fn status(args: StatusArgs) -> Result<()> {
     let mut conn = tokio::net::UnixStream::connect(&args.control_socket)
         .await
@@ -108,6 +223,10 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     let doc: Value = serde_json::from_str(&text).context("the daemon sent invalid status")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    if args.prometheus {
+        print!("{}", prometheus::render(&doc));
         return Ok(());
     }
     let cache = &doc["cache"];
