@@ -371,4 +371,8 @@ impl<S: Store> Store for CachedStore<S> {
     fn hydrate(&self, object: &ObjectMeta) -> Option<Hydration> {
         self.shared.hydrate(object)
     }
+
+    fn disk_usage(&self) -> Option<(u64, bool)> {
+        Some(self.disk_usage())
+    }
 }

@@ -363,6 +363,22 @@ fn after_a_restart_data_comes_from_the_disk_cache() {
         store["bytes"], 0,
         "data fetched again after a restart: {store}"
     );
+    // What the disk cache holds is reported (the image's bytes read, at least the file).
+    let disk = &doc["mounts"][0]["disk_cache"];
+    assert_eq!(disk["enabled"], true, "{disk}");
+    let cached = disk["bytes"].as_u64().unwrap();
+    assert!(cached >= data.len() as u64, "disk cache reports {cached} bytes");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_autosquash"))
+        .args(["status", "--prometheus", "--control-socket"])
+        .arg(daemon.control_socket())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("autosquash_disk_cache_bytes{"))
+        .unwrap_or_else(|| panic!("no disk cache metric in:\n{text}"));
+    assert!(line.ends_with(&format!(" {cached}")), "{line} vs {cached}");
 }
 
 /// Regression (found by the reliability suite): a store that accepts connections and never

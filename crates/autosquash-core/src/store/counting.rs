@@ -159,6 +159,10 @@ impl Store for CountingStore {
     fn hydrate(&self, object: &ObjectMeta) -> Option<super::Hydration> {
         self.inner.hydrate(object)
     }
+
+    fn disk_usage(&self) -> Option<(u64, bool)> {
+        self.inner.disk_usage()
+    }
 }
 
 #[cfg(test)]

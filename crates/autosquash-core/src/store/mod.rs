@@ -57,6 +57,11 @@ pub trait Store: Send + Sync + 'static {
     fn hydrate(&self, _object: &ObjectMeta) -> Option<Hydration> {
         None
     }
+    /// Bytes kept in the store's local copy on disk, and whether that copy works; `None` for
+    /// a store that keeps none (for `status`).
+    fn disk_usage(&self) -> Option<(u64, bool)> {
+        None
+    }
 }
 
 /// A shared store is a store, so wrappers can hold `Arc<dyn Store>` or `Arc<MemStore>`.
@@ -85,6 +90,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn hydrate(&self, object: &ObjectMeta) -> Option<Hydration> {
         (**self).hydrate(object)
+    }
+    fn disk_usage(&self) -> Option<(u64, bool)> {
+        (**self).disk_usage()
     }
 }
 

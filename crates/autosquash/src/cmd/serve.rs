@@ -186,6 +186,8 @@ pub struct Served {
     pub counters: Arc<StoreCounters>,
     /// The store itself, for what only it counts (retries).
     pub store: Arc<dyn Store>,
+    /// The store the mount reads through (with the disk cache, for remote sources).
+    pub cached: Arc<dyn Store>,
     /// The source's key prefix (image names in the metrics are keys without it).
     pub prefix: String,
     /// FUSE requests by operation and read latency (for the metrics).
@@ -279,6 +281,7 @@ async fn start_mount(
     } else {
         Arc::new(counting)
     };
+    let cached = store.clone();
     let tree: Arc<dyn Tree> = match spec.view {
         View::Images => AutoFs::with_cache(
             store,
@@ -349,6 +352,7 @@ async fn start_mount(
             tree,
             counters,
             store: source.store,
+            cached,
             prefix: source.prefix.clone(),
             fuse: mount.stats().clone(),
             mount,

@@ -96,6 +96,9 @@ fn document(served: &[Served], cache: &BlockCache) -> Value {
                 "requests": requests,
                 "read_latency": histogram(&s.fuse.read_latency),
             });
+            if let Some((bytes, enabled)) = s.cached.disk_usage() {
+                tree["disk_cache"] = json!({ "bytes": bytes, "enabled": enabled });
+            }
             tree
         })
         .collect();

@@ -238,6 +238,23 @@ fn mount_metrics(m: &mut Families, mount: &Value) {
     ] {
         m.sample(name, COUNTER, help, &ms, num(&store[field]));
     }
+    let disk = &mount["disk_cache"];
+    if disk.is_object() {
+        m.sample(
+            "autosquash_disk_cache_bytes",
+            GAUGE,
+            "Bytes of the mount's store kept in the disk cache.",
+            &ms,
+            num(&disk["bytes"]),
+        );
+        m.sample(
+            "autosquash_disk_cache_enabled",
+            GAUGE,
+            "1 while the disk cache works (a full or failing disk turns it off).",
+            &ms,
+            u64::from(disk["enabled"].as_bool() == Some(true)),
+        );
+    }
     for op in ["list", "head", "read"] {
         let mut pairs = ms.to_vec();
         pairs.push(("op", op));
