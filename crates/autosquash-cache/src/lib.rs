@@ -100,11 +100,6 @@ impl<S: Store> CachedStore<S> {
             }),
         }
     }
-
-    /// Bytes on disk, and whether the disk cache is working.
-    pub fn disk_usage(&self) -> (u64, bool) {
-        self.shared.disk.usage()
-    }
 }
 
 impl<S: Store> Shared<S> {
@@ -372,7 +367,8 @@ impl<S: Store> Store for CachedStore<S> {
         self.shared.hydrate(object)
     }
 
+    /// Bytes on disk, and whether the disk cache is working.
     fn disk_usage(&self) -> Option<(u64, bool)> {
-        Some(self.disk_usage())
+        Some(self.shared.disk.usage())
     }
 }

@@ -141,7 +141,7 @@ async fn files_that_are_not_a_cached_version_are_removed_at_start() {
     std::fs::create_dir(&old).unwrap();
     std::fs::write(old.join("0"), b"a chunk file of before").unwrap();
     let (cached, mem, _) = setup(dir.path(), 1 << 30, data.len()).await;
-    assert_eq!(cached.disk_usage().0, 0);
+    assert_eq!(cached.disk_usage().unwrap().0, 0);
     assert!(!old.exists(), "an old chunk directory was kept");
     assert!(
         files(dir.path(), "data").is_empty(),
@@ -166,9 +166,9 @@ async fn the_cache_stays_under_its_cap() {
             data[(i * CHUNK) as usize..(i * CHUNK) as usize + 10]
         );
         assert!(
-            cached.disk_usage().0 <= cap,
+            cached.disk_usage().unwrap().0 <= cap,
             "{} bytes over a cap of {cap}",
-            cached.disk_usage().0
+            cached.disk_usage().unwrap().0
         );
         // What is evicted gives its space back (holes), headers and records aside.
         assert!(
@@ -226,7 +226,7 @@ async fn a_version_the_cache_never_listed_is_cached_too() {
     );
     // The version travels with the read (no side map of sizes that could forget it).
     assert_eq!(mem.stats().reads, 1);
-    assert!(cached.disk_usage().0 > 0);
+    assert!(cached.disk_usage().unwrap().0 > 0);
 }
 
 /// Unmounts a test tmpfs even when the test fails.
@@ -258,7 +258,7 @@ async fn a_full_disk_turns_the_cache_off_and_reads_go_on() {
         assert_eq!(got[..], data[range.start as usize..range.end as usize]);
     }
     assert!(
-        !cached.disk_usage().1,
+        !cached.disk_usage().unwrap().1,
         "the disk cache is still on with a full disk"
     );
     // Off, a random reader fetches what is asked and nothing more (a whole chunk would be
@@ -333,7 +333,7 @@ async fn racing_writers_of_one_chunk_keep_the_cache_on() {
             tasks.push(tokio::spawn(async move {
                 let meta = cache.head("obj").await.unwrap();
                 cache.read(&meta, 0..4 * CHUNK).await.unwrap();
-                cache.disk_usage().1
+                cache.disk_usage().unwrap().1
             }));
         }
         for task in tasks {
@@ -375,7 +375,7 @@ async fn with_the_disk_cache_off_a_sequential_reader_still_gets_chunks_fetched_a
     let dir = tempfile::tempdir().unwrap();
     let data = object((64 * CHUNK) as usize);
     let (cached, mem, meta) = setup(dir.path(), 0, data.len()).await;
-    assert!(!cached.disk_usage().1);
+    assert!(!cached.disk_usage().unwrap().1);
     mem.set_delay(Duration::from_millis(20));
     let mut offset = 0;
     while offset < data.len() as u64 {

@@ -367,7 +367,10 @@ fn after_a_restart_data_comes_from_the_disk_cache() {
     let disk = &doc["mounts"][0]["disk_cache"];
     assert_eq!(disk["enabled"], true, "{disk}");
     let cached = disk["bytes"].as_u64().unwrap();
-    assert!(cached >= data.len() as u64, "disk cache reports {cached} bytes");
+    assert!(
+        cached >= data.len() as u64,
+        "disk cache reports {cached} bytes"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_autosquash"))
         .args(["status", "--prometheus", "--control-socket"])
         .arg(daemon.control_socket())
