@@ -17,6 +17,10 @@ pub use block_cache::BlockCache;
 pub use error::{Error, Result};
 pub use squashfs::{DirEntry, FileKind, Image, Inode, Walked};
 pub use store::{
-    CountingStore, DirStore, Hydration, HydrationProgress, HydrationState, MemStore, ObjectMeta,
+    CountingStore, DirStore, Hydration, HydrationProgress, HydrationState, ObjectMeta,
     RequestCounters, Store, StoreCounters,
 };
+/// An in-memory store that counts requests and can be slowed or made to fail: for tests of
+/// this crate and the crates above it (feature `test-support`), never for the daemon.
+#[cfg(any(test, feature = "test-support"))]
+pub use store::{MemStore, StoreStats};

@@ -1667,19 +1667,4 @@ mod tests {
         assert!(m1.iter().any(|m| m.len() < image.len()));
         assert!(m1.iter().any(|m| m.len() == image.len()));
     }
-
-    /// Writes every crafted image to `$HOSTILE_DUMP_DIR/<name>.squash` for manual inspection
-    /// (`unsquashfs -s` / `-lls`): `HOSTILE_DUMP_DIR=/tmp/h cargo test -p autosquash-testkit
-    /// hostile_dump -- --ignored`.
-    #[test]
-    #[ignore]
-    fn hostile_dump() {
-        let out = std::env::var_os("HOSTILE_DUMP_DIR").expect("set HOSTILE_DUMP_DIR");
-        let out = Path::new(&out);
-        fs::create_dir_all(out).unwrap();
-        let work = tempfile::tempdir().unwrap();
-        for h in crafted(work.path()) {
-            fs::write(out.join(format!("{}.squash", h.name)), &h.bytes).unwrap();
-        }
-    }
 }

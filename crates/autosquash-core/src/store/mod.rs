@@ -6,11 +6,13 @@
 mod counting;
 mod dir;
 mod hydration;
+#[cfg(any(test, feature = "test-support"))]
 mod mem;
 
 pub use counting::{CountingStore, RequestCounters, StoreCounters};
 pub use dir::DirStore;
 pub use hydration::{Hydration, HydrationProgress, HydrationState};
+#[cfg(any(test, feature = "test-support"))]
 pub use mem::{MemStore, StoreStats};
 
 use crate::error::{Error, Result};
