@@ -11,10 +11,10 @@
 //! Point the AWS SDK at it with `AWS_EC2_METADATA_SERVICE_ENDPOINT` (see [`Imds::env`]). It
 //! serves HTTP/1.1 with keep-alive on 127.0.0.1, on a thread of its own, until the process ends.
 
+use crate::http::header;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The name of the instance's role.
@@ -196,51 +196,17 @@ impl Imds {
     }
 }
 
-/// One connection: requests one after another.
-async fn serve(mut conn: TcpStream, state: Arc<State>) {
-    let _ = conn.set_nodelay(true);
-    let mut buf = Vec::new();
-    loop {
-        let end = loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let mut more = [0u8; 4096];
-            match conn.read(&mut more).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&more[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
-        // Skip a body, if any (the token PUT has none, or an empty one).
-        let body_len = header(&head, "Content-Length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        while buf.len() < body_len {
-            let mut more = [0u8; 4096];
-            match conn.read(&mut more).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&more[..n]),
-            }
-        }
-        buf.drain(..body_len);
+/// One connection: requests one after another; while the service is down, each connection
+/// is closed at its next request.
+async fn serve(conn: TcpStream, state: Arc<State>) {
+    crate::http::serve(conn, |head| {
         if !state.up.load(Ordering::SeqCst) {
             state.refused.fetch_add(1, Ordering::SeqCst);
-            return;
+            return None;
         }
-        let response = answer(&head, &state);
-        if conn.write_all(&response).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        Some(answer(head, &state))
     })
+    .await;
 }
 
 fn response(status: &str, headers: &[(&str, String)], body: &str) -> Vec<u8> {

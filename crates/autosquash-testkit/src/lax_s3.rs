@@ -4,10 +4,10 @@
 //! It serves one bucket from memory (ListObjectsV2, HEAD, GET) on 127.0.0.1, over HTTP/1.1
 //! with keep-alive, and accepts any credentials.
 
+use crate::http::header;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Default)]
@@ -92,40 +92,17 @@ fn fnv(data: &[u8]) -> u64 {
     })
 }
 
-/// One connection: requests one after another (no request here has a body).
+/// One connection: requests one after another.
 async fn serve(
-    mut conn: TcpStream,
+    conn: TcpStream,
     bucket: String,
     behaviour: Arc<Behaviour>,
     objects: Arc<Mutex<BTreeMap<String, Object>>>,
 ) {
-    let _ = conn.set_nodelay(true);
-    let mut buf = Vec::new();
-    loop {
-        let end = loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let mut more = [0u8; 4096];
-            match conn.read(&mut more).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&more[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
-        let response = answer(&head, &bucket, &behaviour, &objects);
-        if conn.write_all(&response).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    crate::http::serve(conn, |head| {
+        Some(answer(head, &bucket, &behaviour, &objects))
     })
+    .await;
 }
 
 fn response(status: &str, headers: &[(&str, String)], body: &[u8], send_body: bool) -> Vec<u8> {

@@ -8,5 +8,6 @@ pub mod fault_proxy;
 pub mod garage;
 pub mod garage_cluster;
 pub mod hostile;
+mod http;
 pub mod imds;
 pub mod lax_s3;
