@@ -130,7 +130,18 @@ pub fn with_backhand(
                 path,
                 h,
             ),
-            source::Kind::Symlink(target) => writer.push_symlink(target, path, h),
+            source::Kind::Symlink(target) => {
+                // backhand asserts (panics) on targets of 256 bytes or more; squashfs allows 4095.
+                let len = target.as_os_str().len();
+                if len > 255 {
+                    bail!(
+                        "{}: symlink target of {len} bytes (the built-in writer stores at most 255; \
+                         --mksquashfs stores up to 4095)",
+                        path.display()
+                    );
+                }
+                writer.push_symlink(target, path, h)
+            }
             source::Kind::CharDevice(dev) => writer.push_char_device(*dev, path, h),
             source::Kind::BlockDevice(dev) => writer.push_block_device(*dev, path, h),
             source::Kind::Fifo => writer.push_fifo(path, h),
@@ -140,9 +151,17 @@ pub fn with_backhand(
     }
     let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut file = BufWriter::with_capacity(1 << 20, file);
-    writer
-        .write(&mut file)
-        .map_err(|e| anyhow!("writing {}: {}", out.display(), describe(&e)))?;
+    // backhand asserts on inputs it cannot represent: a panic in it is an error here, not a
+    // crash of the command.
+    let written =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.write(&mut file)));
+    match written {
+        Ok(result) => result.map_err(|e| anyhow!("writing {}: {}", out.display(), describe(&e)))?,
+        Err(_) => bail!(
+            "writing {}: the squashfs writer failed on an input it cannot represent",
+            out.display()
+        ),
+    };
     file.flush()
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
