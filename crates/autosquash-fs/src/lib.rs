@@ -1,7 +1,8 @@
 //! The autosquash filesystem: an automount root showing one directory per image of a store,
 //! image lifecycle (mount on lookup, idle expiry, version changes) and the inode mapping.
 //! `fs` (images) and `objects` (the plain object view) hold the logic with their own types,
-//! behind the `Tree` trait; `fuse` is the only module that speaks FUSE.
+//! behind the `Tree` trait; `fuse` is the only module that speaks FUSE; `clock` is the time
+//! the image lifecycle runs on (injected, so tests move it instead of sleeping).
 //!
 //! # Threads
 //! - **FUSE threads**, one per CPU (at least 2), each reading its own cloned `/dev/fuse` fd.
@@ -22,12 +23,14 @@
 //! while an image is dropped or a cache is scanned; each image has its own mount in flight, so
 //! a slow image delays nobody else.
 
+pub mod clock;
 pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod objects;
 pub mod tree;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FsError, FsResult};
 pub use fs::{AutoFs, FsConfig};
 pub use objects::{ObjectConfig, ObjectFs};

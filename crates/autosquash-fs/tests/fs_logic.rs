@@ -1,10 +1,14 @@
 //! The filesystem logic without a kernel: root listing, mount on lookup, inode mapping,
 //! readdir offsets, idle expiry, slot lifetime, replacement and broken images.
+//!
+//! Time-dependent behaviour (idle expiry, the negative TTL) runs on a [`ManualClock`]: a test
+//! moves it to just before a deadline, checks nothing happened yet, moves it onto the deadline
+//! and checks it happened. No lifecycle test sleeps or reads the wall clock.
 
 use autosquash_core::{FileKind, MemStore};
 use autosquash_fs::fs::ROOT_INO;
 use autosquash_fs::tree::Invalidation;
-use autosquash_fs::{AutoFs, FsConfig, FsError};
+use autosquash_fs::{AutoFs, FsConfig, FsError, ManualClock};
 use autosquash_testkit::corpus::mksquashfs;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,14 +28,28 @@ fn image(content: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-async fn setup(idle: Duration) -> (Arc<MemStore>, Arc<AutoFs>) {
+/// One millisecond: the clock's resolution for idle expiry.
+const MS: Duration = Duration::from_millis(1);
+
+/// A root over `store` whose lifecycle runs on the returned clock (standing at zero).
+fn with_clock(
+    store: Arc<dyn autosquash_core::Store>,
+    config: FsConfig,
+) -> (Arc<AutoFs>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new());
+    let cache = autosquash_core::BlockCache::new(config.memory_limit);
+    let fs = AutoFs::with_clock(store, cache, config, clock.clone());
+    (fs, clock)
+}
+
+async fn setup(idle: Duration) -> (Arc<MemStore>, Arc<AutoFs>, Arc<ManualClock>) {
     let store = Arc::new(MemStore::new());
     store.put("images/one.squash", image("version 1\n"));
     store.put("images/two.squash", image("two\n"));
     store.put("images/notes.txt", &b"not an image"[..]);
     store.put("images/.hidden.squash", image("x"));
     store.put("images/sub/deeper.squash", image("x"));
-    let fs = AutoFs::new(
+    let (fs, clock) = with_clock(
         store.clone(),
         FsConfig {
             prefix: "images/".into(),
@@ -40,7 +58,15 @@ async fn setup(idle: Duration) -> (Arc<MemStore>, Arc<AutoFs>) {
         },
     );
     fs.refresh().await.unwrap();
-    (store, fs)
+    (store, fs, clock)
+}
+
+/// `status`'s idle seconds of the mounted image `name`.
+fn idle_secs(fs: &AutoFs, name: &str) -> u64 {
+    let status = autosquash_fs::Tree::status(fs);
+    let images = status["images_mounted"].as_array().unwrap();
+    let image = images.iter().find(|i| i["name"] == name).unwrap();
+    image["idle_secs"].as_u64().unwrap()
 }
 
 /// Every entry of `ino` from `offset` on, as a plain readdir gives them.
@@ -86,29 +112,49 @@ fn names(items: &[autosquash_fs::fs::DirItem]) -> Vec<String> {
 
 #[tokio::test]
 async fn root_lists_images_and_unknown_names_cost_one_head_per_ttl() {
-    let (store, fs) = setup(Duration::from_secs(300)).await;
+    let (store, fs, clock) = setup(Duration::from_secs(300)).await;
+    let ttl = FsConfig::default().negative_ttl;
     assert_eq!(names(&list(&fs, ROOT_INO, 0)), [".", "..", "one", "two"]);
     store.reset_stats();
     let strays = [&b"autorun.inf"[..], b"notes.txt", b"sub", b"one.squash"];
-    for _ in 0..3 {
+    let look_up_all = || async {
         for stray in strays.iter().chain([&&b".git"[..], &&b"\xff"[..]]) {
             assert!(matches!(
                 fs.lookup(ROOT_INO, stray).await,
                 Err(FsError::NotFound)
             ));
         }
+    };
+    for _ in 0..3 {
+        look_up_all().await;
     }
     // Names that could be images are checked once; hidden and non-UTF-8 names never.
     assert_eq!(store.stats().heads, strays.len() as u64);
+    // Up to the end of the negative TTL the misses are remembered...
+    clock.advance(ttl - MS);
+    look_up_all().await;
+    assert_eq!(
+        store.stats().heads,
+        strays.len() as u64,
+        "asked again within the TTL"
+    );
+    // ...and once it is over, each is asked about once more.
+    clock.advance(MS);
+    for _ in 0..3 {
+        look_up_all().await;
+    }
+    assert_eq!(store.stats().heads, 2 * strays.len() as u64);
     assert_eq!(store.stats().reads + store.stats().lists, 0);
 }
 
 #[tokio::test]
 async fn an_image_uploaded_after_the_listing_is_found_at_once() {
-    let (store, fs) = setup(Duration::from_secs(300)).await;
+    let (store, fs, clock) = setup(Duration::from_secs(300)).await;
+    let ttl = FsConfig::default().negative_ttl;
     assert!(fs.lookup(ROOT_INO, b"late").await.is_err());
     store.put("images/late.squash", image("late\n"));
     // Within the negative TTL the miss is remembered...
+    clock.advance(ttl - MS);
     assert!(fs.lookup(ROOT_INO, b"late").await.is_err());
     // ...but a name never asked about is found with one HEAD, without waiting for a listing.
     store.put("images/later.squash", image("later\n"));
@@ -116,11 +162,17 @@ async fn an_image_uploaded_after_the_listing_is_found_at_once() {
     let file = fs.lookup(root.ino, b"file.txt").await.unwrap();
     assert_eq!(file.size, 6);
     assert!(names(&list(&fs, ROOT_INO, 0)).contains(&"later".to_owned()));
+    // Once the TTL is over, the remembered miss is asked about again, and found.
+    assert!(!names(&list(&fs, ROOT_INO, 0)).contains(&"late".to_owned()));
+    clock.advance(MS);
+    let late = fs.lookup(ROOT_INO, b"late").await.unwrap();
+    let file = fs.lookup(late.ino, b"file.txt").await.unwrap();
+    assert_eq!(&fs.read(file.ino, 0, 100).await.unwrap()[..], b"late\n");
 }
 
 #[tokio::test]
 async fn lookup_mounts_once_and_inode_numbers_carry_the_slot() {
-    let (store, fs) = setup(Duration::from_secs(300)).await;
+    let (store, fs, _clock) = setup(Duration::from_secs(300)).await;
     store.reset_stats();
     let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
     let reads = store.stats().reads;
@@ -159,7 +211,7 @@ async fn lookup_mounts_once_and_inode_numbers_carry_the_slot() {
 
 #[tokio::test]
 async fn readdir_resumes_at_any_offset() {
-    let (_store, fs) = setup(Duration::from_secs(300)).await;
+    let (_store, fs, _clock) = setup(Duration::from_secs(300)).await;
     let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
     let many = fs.lookup(one.ino, b"many").await.unwrap();
     let all = list(&fs, many.ino, 0);
@@ -181,12 +233,26 @@ async fn readdir_resumes_at_any_offset() {
 
 #[tokio::test]
 async fn idle_images_retire_and_slots_live_until_forgotten() {
-    let (_store, fs) = setup(Duration::from_millis(100)).await;
+    let idle = Duration::from_secs(300);
+    let (_store, fs, clock) = setup(idle).await;
     let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
     let file = fs.lookup(one.ino, b"file.txt").await.unwrap();
+    // A request late in the idle timeout starts it again.
+    clock.advance(idle - MS);
+    assert_eq!(idle_secs(&fs, "one"), idle.as_secs() - 1);
     fs.read(file.ino, 0, 4).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(idle_secs(&fs, "one"), 0);
+    clock.advance(idle - MS);
+    assert!(retired(&fs).is_empty(), "retired before the idle timeout");
+    assert_eq!(fs.mounted_count(), (1, 1));
+    // Another image, used just now, is not retired with the idle one.
+    fs.lookup(ROOT_INO, b"two").await.unwrap();
+    clock.advance(MS);
     assert_eq!(retired(&fs), ["one"]);
+    assert_eq!(fs.mounted_count(), (1, 2));
+    fs.forget(fs.lookup(ROOT_INO, b"two").await.unwrap().ino, 2);
+    clock.advance(idle);
+    assert_eq!(retired(&fs), ["two"]);
     assert_eq!(
         fs.mounted_count(),
         (0, 1),
@@ -210,8 +276,9 @@ async fn images_beyond_the_memory_limit_are_released_early_and_serve_until_forgo
     store.put("images/one.squash", image("one\n"));
     store.put("images/two.squash", image("two\n"));
     // A budget too small for even one image's tables: every idle image must go at once,
-    // long before the idle timeout; what the kernel still references keeps working.
-    let fs = AutoFs::new(
+    // long before the idle timeout (the clock stands still); what the kernel still references
+    // keeps working.
+    let (fs, _clock) = with_clock(
         store.clone(),
         FsConfig {
             prefix: "images/".into(),
@@ -231,7 +298,7 @@ async fn images_beyond_the_memory_limit_are_released_early_and_serve_until_forgo
 
 #[tokio::test]
 async fn a_replaced_image_keeps_serving_what_the_kernel_holds_then_switches() {
-    let (store, fs) = setup(Duration::from_secs(300)).await;
+    let (store, fs, _clock) = setup(Duration::from_secs(300)).await;
     let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
     let file = fs.lookup(one.ino, b"file.txt").await.unwrap();
     assert_eq!(&fs.read(file.ino, 0, 4).await.unwrap()[..], b"vers");
@@ -253,7 +320,7 @@ async fn a_replaced_image_keeps_serving_what_the_kernel_holds_then_switches() {
 
 #[tokio::test]
 async fn removed_images_leave_the_listing() {
-    let (store, fs) = setup(Duration::from_secs(300)).await;
+    let (store, fs, _clock) = setup(Duration::from_secs(300)).await;
     fs.lookup(ROOT_INO, b"two").await.unwrap();
     store.remove("images/two.squash");
     store.put("images/three.squash", image("3"));
@@ -265,7 +332,7 @@ async fn removed_images_leave_the_listing() {
 
 #[tokio::test]
 async fn a_broken_image_is_eio_once_and_others_keep_serving() {
-    let (store, fs) = setup(Duration::from_secs(300)).await;
+    let (store, fs, _clock) = setup(Duration::from_secs(300)).await;
     let mut bad = image("x");
     bad[0] ^= 0xff;
     store.put("images/bad.squash", bad);
@@ -293,7 +360,7 @@ async fn a_broken_image_is_eio_once_and_others_keep_serving() {
 
 #[tokio::test]
 async fn an_unreachable_store_fails_mounts_with_eio_not_a_hang() {
-    let (store, fs) = setup(Duration::from_secs(300)).await;
+    let (store, fs, _clock) = setup(Duration::from_secs(300)).await;
     store.set_failing(true);
     assert!(matches!(
         fs.lookup(ROOT_INO, b"one").await,
@@ -497,7 +564,8 @@ async fn a_directory_read_file_by_file_has_its_neighbours_fetched_ahead() {
 /// forgotten, and no longer.
 #[tokio::test]
 async fn readdirplus_entries_are_references_until_forgotten() {
-    let (_store, fs) = setup(Duration::from_millis(50)).await;
+    let idle = Duration::from_secs(300);
+    let (_store, fs, clock) = setup(idle).await;
     let one = fs.lookup(ROOT_INO, b"one").await.unwrap();
     let many = fs.lookup(one.ino, b"many").await.unwrap();
     let mut given = Vec::new();
@@ -531,7 +599,9 @@ async fn readdirplus_entries_are_references_until_forgotten() {
         "every entry but . and .. carries attributes"
     );
     assert!(given.iter().take(2).all(|(_, attr)| attr.is_none()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    clock.advance(idle - MS);
+    assert!(retired(&fs).is_empty(), "retired before the idle timeout");
+    clock.advance(MS);
     assert_eq!(retired(&fs), ["one"]);
     fs.forget(one.ino, 1);
     fs.forget(many.ino, 1);

@@ -203,11 +203,15 @@ impl AutoFs {
             if state.misses.len() > 10_000 {
                 state.misses.clear();
             }
-            let ttl = self.config.negative_ttl;
-            if state.misses.get(name).is_some_and(|at| at.elapsed() < ttl) {
+            let (now, ttl) = (self.clock.now(), self.config.negative_ttl);
+            if state
+                .misses
+                .get(name)
+                .is_some_and(|at| now.saturating_sub(*at) < ttl)
+            {
                 return Err(FsError::NotFound);
             }
-            state.misses.insert(name.to_owned(), Instant::now());
+            state.misses.insert(name.to_owned(), now);
         }
         let key = format!("{}{name}{IMAGE_SUFFIX}", self.config.prefix);
         match self.store.head(&key).await {
@@ -358,12 +362,12 @@ impl AutoFs {
 
     /// Whether a failure of `name` should be logged at warning level (else at debug).
     pub(super) fn warning_due(&self, name: &str) -> bool {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut state = self.state();
         let due = state
             .failures_logged
             .get(name)
-            .is_none_or(|t| now.duration_since(*t) >= FAILURE_LOG_INTERVAL);
+            .is_none_or(|t| now.saturating_sub(*t) >= FAILURE_LOG_INTERVAL);
         if due {
             state.failures_logged.insert(name.to_owned(), now);
         }

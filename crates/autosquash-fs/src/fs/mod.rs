@@ -21,6 +21,7 @@ mod ops;
 
 pub use lifecycle::panics;
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{FsError, FsResult};
 use crate::tree::Invalidation;
 use autosquash_core::{BlockCache, FileKind, Image, Inode, ObjectMeta, Store};
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::info;
 
 /// The FUSE root's inode number.
@@ -111,7 +112,7 @@ struct Mounted {
     hydration: Mutex<Option<autosquash_core::Hydration>>,
     /// Per directory, the files read so far (for locality when not hydrating).
     dirs_read: Mutex<HashMap<u32, DirReads>>,
-    /// Milliseconds since the filesystem started, at the last operation.
+    /// The filesystem's clock in milliseconds (see [`AutoFs::now_ms`]) at the last operation.
     last_used: AtomicU64,
     mounted_at: u64,
     /// The object changed or vanished: retire as soon as no file is open.
@@ -197,13 +198,14 @@ struct State {
     next_slot: u32,
     /// Versions that failed to open as invalid images: answered at once, logged once.
     broken: HashMap<String, String>,
-    /// Names missing from the listing, and when the store was last asked about them.
-    misses: HashMap<String, Instant>,
+    /// Names missing from the listing, and when (by the filesystem's clock) the store was last
+    /// asked about them.
+    misses: HashMap<String, Duration>,
     /// Keys that are not images, each logged once.
     ignored: std::collections::HashSet<String>,
     /// When each image's failures were last logged at warning level: one warning per image
     /// per [`FAILURE_LOG_INTERVAL`], not one per request (an outage fails thousands).
-    failures_logged: HashMap<String, Instant>,
+    failures_logged: HashMap<String, Duration>,
     /// When the root listing last changed (the root's mtime).
     root_mtime: u32,
     /// The root listing changed since the kernel was last told (it caches listings).
@@ -221,7 +223,9 @@ pub struct AutoFs {
     /// One mount in flight per image, so concurrent first lookups of one image open it once
     /// while other images mount in parallel (a slow image stalls nobody else).
     mounting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    started: Instant,
+    /// What idle expiry, the negative TTL and the failure log measure time with (see the
+    /// clock module): the real clock in the daemon, a manual one in tests.
+    clock: Arc<dyn Clock>,
     /// Images mounted and released (idle, outdated or early) since the start, for metrics.
     mounts_total: AtomicU64,
     expiries_total: AtomicU64,
@@ -265,6 +269,17 @@ impl AutoFs {
         cache: Arc<BlockCache>,
         config: FsConfig,
     ) -> Arc<Self> {
+        Self::with_clock(store, cache, config, Arc::new(SystemClock::default()))
+    }
+
+    /// A root whose lifecycle (idle expiry, negative TTL, failure log) runs on `clock`: a
+    /// [`crate::ManualClock`] lets a test move time instead of sleeping.
+    pub fn with_clock(
+        store: Arc<dyn Store>,
+        cache: Arc<BlockCache>,
+        config: FsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             cache,
             store,
@@ -275,7 +290,7 @@ impl AutoFs {
                 ..State::default()
             }),
             mounting: Mutex::default(),
-            started: Instant::now(),
+            clock,
             mounts_total: AtomicU64::new(0),
             expiries_total: AtomicU64::new(0),
         })
@@ -289,8 +304,9 @@ impl AutoFs {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Milliseconds on the filesystem's clock.
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.clock.now().as_millis() as u64
     }
 
     fn touch(&self, m: &Mounted) {
