@@ -240,6 +240,10 @@ impl Drop for Tmpfs {
 
 /// A full disk: a 1 MiB tmpfs. Reads keep working; the disk cache turns itself off.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 async fn a_full_disk_turns_the_cache_off_and_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("mount")
@@ -247,7 +251,10 @@ async fn a_full_disk_turns_the_cache_off_and_reads_go_on() {
         .arg(dir.path())
         .status()
         .unwrap();
-    assert!(status.success(), "mounting a tmpfs needs root");
+    assert!(
+        status.success(),
+        "mounting a tmpfs needs root (root-tests ring)"
+    );
     let _tmpfs = Tmpfs(dir.path().to_path_buf());
     let data = object(16 << 20);
     let (cached, mem, meta) = setup(dir.path(), 1 << 30, data.len()).await;

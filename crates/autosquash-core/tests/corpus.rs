@@ -9,7 +9,7 @@ use autosquash_core::{FileKind, Image, Inode};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::Metadata;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -95,55 +95,58 @@ async fn check_variant(variant: &autosquash_testkit::corpus::Variant, source: &P
     assert_eq!(image.info().block_size, variant.block_size);
     let root = image.root().unwrap();
     compare_meta(&image, &root, source, false);
-    let mut stack = vec![(root, variant.extracted.clone(), source.to_path_buf())];
     let mut compared = 0;
     let mut chunk_sizes = [4096usize, 1 << 20, 100_000, 131_072, 7]
         .into_iter()
         .cycle();
-    while let Some((dir, extracted, source_dir)) = stack.pop() {
-        let listing = image.listing(&dir).unwrap();
-        let names: BTreeSet<Vec<u8>> = listing.iter().map(|e| e.name.to_vec()).collect();
-        let in_source: BTreeSet<Vec<u8>> = std::fs::read_dir(&source_dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().as_bytes().to_vec())
-            .collect();
-        assert_eq!(names, in_source, "entries of {}", extracted.display());
-        for entry in listing.iter() {
-            let name = OsStr::from_bytes(&entry.name);
-            let inode = image.entry_inode(&dir, entry).unwrap();
-            // Lookup by name finds the same inode as the listing.
-            let found = image.lookup(&dir, &entry.name).unwrap().expect("lookup");
-            assert_eq!(found.ino, inode.ino);
-            let (host, src) = (extracted.join(name), source_dir.join(name));
-            // unsquashfs skips sockets: compare those with the source tree.
-            let reference = if inode.kind == FileKind::Socket {
-                &src
-            } else {
-                &host
-            };
-            compare_meta(&image, &inode, reference, true);
-            compared += 1;
-            match inode.kind {
-                FileKind::Directory => stack.push((inode, host, src)),
-                FileKind::File => {
-                    let expected = std::fs::read(&host).unwrap();
-                    let chunk = chunk_sizes.next().unwrap();
-                    let got = common::read_all(&image, &inode, chunk).await.unwrap();
-                    assert!(
-                        got == expected,
-                        "contents of {} (chunk {chunk})",
-                        host.display()
-                    );
-                }
-                _ => {}
+    let mut seen = BTreeSet::new();
+    for walked in image.walk(usize::MAX) {
+        let inode = walked.inode.unwrap();
+        let rel = OsStr::from_bytes(&walked.path);
+        // Lookup by path finds the same inode as the listing.
+        assert_eq!(image.resolve(&walked.path).unwrap().ino, inode.ino);
+        let (host, src) = (variant.extracted.join(rel), source.join(rel));
+        // unsquashfs skips sockets: compare those with the source tree.
+        let reference = if inode.kind == FileKind::Socket {
+            &src
+        } else {
+            &host
+        };
+        compare_meta(&image, &inode, reference, true);
+        compared += 1;
+        match inode.kind {
+            FileKind::Directory => {
+                assert!(image.lookup(&inode, b"no such name").unwrap().is_none());
             }
+            FileKind::File => {
+                let expected = std::fs::read(&host).unwrap();
+                let chunk = chunk_sizes.next().unwrap();
+                let got = common::read_all(&image, &inode, chunk).await.unwrap();
+                assert!(
+                    got == expected,
+                    "contents of {} (chunk {chunk})",
+                    host.display()
+                );
+            }
+            _ => {}
         }
-        assert!(image.lookup(&dir, b"no such name").unwrap().is_none());
+        seen.insert(walked.path);
     }
+    // Every entry of the source tree, and nothing else.
+    let in_source: BTreeSet<Vec<u8>> = autosquash_testkit::tree::metadata(source)
+        .into_keys()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.into_os_string().into_vec())
+        .collect();
+    assert_eq!(seen, in_source, "entries of {}", variant.image.display());
     compared
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 async fn every_variant_matches_unsquashfs() {
     let corpus = common::corpus();
     assert!(corpus.variants.len() >= 10);
@@ -155,6 +158,10 @@ async fn every_variant_matches_unsquashfs() {
 
 /// Hard links share one inode number and report the right link count.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 async fn hard_links_are_one_inode() {
     let corpus = common::corpus();
     let image = common::open_file(&corpus.variants[0].image).await.unwrap();
@@ -171,6 +178,10 @@ async fn hard_links_are_one_inode() {
 
 /// Reads at arbitrary offsets match the file's bytes (block-level random access).
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 async fn random_offsets_read_the_right_bytes() {
     let corpus = common::corpus();
     for variant in corpus

@@ -70,6 +70,10 @@ async fn images_found_by_fuzzing_fail_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 async fn seeded_mutations_of_the_corpus_never_panic_or_hang() {
     let corpus = common::corpus();
     let mut outcomes = (0, 0);

@@ -27,6 +27,10 @@ fn image_of_random_files(files: usize, size: usize) -> (tempfile::TempDir, Vec<u
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 async fn opening_a_typical_image_takes_at_most_two_reads() {
     let corpus = common::corpus();
     for variant in &corpus.variants {

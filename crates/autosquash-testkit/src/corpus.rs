@@ -158,6 +158,7 @@ const VARIANTS: &[VariantSpec] = &[
 /// - **atime / ctime, inode numbers, directory nlink**: the image stores none of these as on the
 ///   host (mtime only; squashfs inode numbers are its own).
 pub fn build(dir: &Path) -> Corpus {
+    crate::rings::require_root("the squashfs corpus (device nodes, owners, trusted.* xattrs)");
     require_tool("mksquashfs");
     require_tool("unsquashfs");
     fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
@@ -180,6 +181,11 @@ pub fn build(dir: &Path) -> Corpus {
         }
     });
 
+    describe(dir)
+}
+
+/// The corpus [`build`] wrote into `dir`.
+fn describe(dir: &Path) -> Corpus {
     let variants = VARIANTS
         .iter()
         .map(|spec| Variant {
@@ -189,7 +195,64 @@ pub fn build(dir: &Path) -> Corpus {
             block_size: spec.block_size,
         })
         .collect();
-    Corpus { source, variants }
+    Corpus {
+        source: dir.join("source"),
+        variants,
+    }
+}
+
+/// The corpus in `<dir>/corpus-<fingerprint>`, built once and shared by every test binary of
+/// a run, and by later runs while this generator, squashfs-tools and the user stay the same
+/// (they make the fingerprint). The first binary builds it under an exclusive lock; the others
+/// wait for the lock and find it done. Pass the test target's `env!("CARGO_TARGET_TMPDIR")`.
+/// Users must not change it.
+pub fn shared(dir: &Path) -> Corpus {
+    crate::rings::require_root("the squashfs corpus (device nodes, owners, trusted.* xattrs)");
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let lock_path = dir.join("corpus.lock");
+    let lock = fs::File::create(&lock_path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", lock_path.display()));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", lock_path.display()));
+    let name = format!("corpus-{:016x}", fingerprint());
+    let built = dir.join(&name);
+    let done = built.join("done");
+    if !done.exists() {
+        // Older fingerprints' corpora (and a build that died half way) go.
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let stale = entry.file_name().to_string_lossy().starts_with("corpus-");
+            if stale && entry.path().is_dir() {
+                fs::remove_dir_all(entry.path())
+                    .unwrap_or_else(|e| panic!("remove {}: {e}", entry.path().display()));
+            }
+        }
+        build(&built);
+        fs::set_permissions(&built, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(&done, b"").unwrap_or_else(|e| panic!("write {}: {e}", done.display()));
+    }
+    describe(&built)
+}
+
+/// What the corpus depends on: this file's source, the squashfs-tools version, the user.
+fn fingerprint() -> u64 {
+    let tools = Command::new("mksquashfs")
+        .arg("-version")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let euid = crate::rings::euid();
+    // FNV-1a: stable across runs and Rust versions, unlike std's hashers.
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for bytes in [
+        include_bytes!("corpus.rs").as_slice(),
+        &tools,
+        &euid.to_le_bytes(),
+    ] {
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 fn build_variant(source: &Path, dir: &Path, spec: &VariantSpec) {

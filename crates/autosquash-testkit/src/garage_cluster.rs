@@ -144,11 +144,11 @@ fn health_field<'a>(health: &'a str, name: &str) -> Option<&'a str> {
 
 impl GarageCluster {
     /// Starts `nodes` Garage servers forming one cluster with bucket `bucket`, every object
-    /// replicated on every node; `None` when opted out (see [`garage::binary`]). Panics with
-    /// the nodes' logs if the cluster does not come up within about a minute.
-    pub fn start(bucket: &str, nodes: usize) -> Option<GarageCluster> {
+    /// replicated on every node. Panics when there is no binary (see [`garage::binary`]) and
+    /// with the nodes' logs if the cluster does not come up within about a minute.
+    pub fn start(bucket: &str, nodes: usize) -> GarageCluster {
         assert!(nodes >= 1, "a cluster needs at least one node");
-        let bin = garage::binary()?;
+        let bin = garage::binary();
         let ports = free_ports(3 * nodes);
         let mut cluster = GarageCluster {
             nodes: ports
@@ -171,7 +171,7 @@ impl GarageCluster {
             bucket: bucket.to_owned(),
         };
         cluster.setup();
-        Some(cluster)
+        cluster
     }
 
     fn setup(&mut self) {

@@ -5,6 +5,7 @@
 mod common;
 
 use autosquash_testkit::corpus::{mksquashfs, pseudo_random_bytes};
+use autosquash_testkit::tree;
 use common::{Daemon, is_mounted, open_tempdir, sh, wait_for};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -43,6 +44,10 @@ fn as_nobody(cmd: &str) -> (bool, String, String) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn permissions_and_read_only_are_enforced() {
     let (dir, source, mnt) = setup();
     let src = dir.path().join("tree");
@@ -110,6 +115,10 @@ fn permissions_and_read_only_are_enforced() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn idle_images_are_forgotten_and_mount_again() {
     let (_dir, source, mnt) = setup();
     let data = put_image(&source, "img", 1);
@@ -141,6 +150,10 @@ fn idle_images_are_forgotten_and_mount_again() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn a_replaced_image_serves_open_files_then_switches() {
     let (_dir, source, mnt) = setup();
     let old = put_image(&source, "img", 1);
@@ -171,6 +184,10 @@ fn a_replaced_image_serves_open_files_then_switches() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn images_added_and_removed_show_up_without_restart() {
     let (_dir, source, mnt) = setup();
     put_image(&source, "first", 1);
@@ -202,6 +219,10 @@ fn images_added_and_removed_show_up_without_restart() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn a_killed_daemon_is_replaced_on_the_same_mountpoint() {
     let (_dir, source, mnt) = setup();
     let data = put_image(&source, "img", 3);
@@ -227,6 +248,10 @@ fn a_killed_daemon_is_replaced_on_the_same_mountpoint() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn bad_mountpoints_and_sources_give_clear_errors() {
     let (dir, source, mnt) = setup();
     put_image(&source, "img", 1);
@@ -270,50 +295,6 @@ fn bad_mountpoints_and_sources_give_clear_errors() {
     );
 }
 
-/// Reads everything under `root` through the mount: every entry's attributes, xattr names and
-/// values, symlink targets, and every file (at most 4 MiB each). Errors are expected on
-/// hostile images and only counted.
-fn read_everything(root: &Path) -> (u64, u64) {
-    let (mut entries, mut errors) = (0, 0);
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(listing) = std::fs::read_dir(&dir) else {
-            errors += 1;
-            continue;
-        };
-        for entry in listing.take(2000) {
-            let Ok(entry) = entry else {
-                errors += 1;
-                break;
-            };
-            entries += 1;
-            let path = entry.path();
-            match xattr::list(&path) {
-                Ok(names) => {
-                    for name in names {
-                        errors += u64::from(xattr::get(&path, name).is_err());
-                    }
-                }
-                Err(_) => errors += 1,
-            }
-            match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => stack.push(path),
-                Ok(m) if m.file_type().is_symlink() => {
-                    errors += u64::from(std::fs::read_link(&path).is_err());
-                }
-                Ok(m) if m.is_file() => {
-                    let read = std::fs::File::open(&path)
-                        .and_then(|f| f.take(4 << 20).read_to_end(&mut Vec::new()));
-                    errors += u64::from(read.is_err());
-                }
-                Ok(_) => {}
-                Err(_) => errors += 1,
-            }
-        }
-    }
-    (entries, errors)
-}
-
 /// Regression (issue: the engine panicked on a block another inode had cached with another
 /// length, and one `ls -l` of an xattr bomb allocated gigabytes): hundreds of hostile images,
 /// the crash input found by fuzzing, the crafted shared-block and xattr-bomb images and
@@ -321,6 +302,10 @@ fn read_everything(root: &Path) -> (u64, u64) {
 /// cache dropped in between, so the second pass reaches the daemon's own cache): no panic, the
 /// daemon lives, and the good images stay byte-identical.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn hostile_images_beside_good_ones_never_panic_the_daemon() {
     let (dir, source, mnt) = setup();
     let good: Vec<(String, Vec<u8>)> = (1..=3)
@@ -354,9 +339,9 @@ fn hostile_images_beside_good_ones_never_panic_the_daemon() {
             std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
         }
         for (name, _) in &hostile {
-            let (e, f) = read_everything(&mnt.join(name));
-            entries += e;
-            errors += f;
+            let read = tree::read_everything(&mnt.join(name), 2000, 4 << 20);
+            entries += read.entries;
+            errors += read.error_count();
         }
         for (name, data) in &good {
             let got = std::fs::read(mnt.join(name).join("data.bin")).unwrap();
@@ -388,6 +373,10 @@ fn hostile_images_beside_good_ones_never_panic_the_daemon() {
 /// were served next to new ones): in the plain object view a new version is a new inode.
 /// Every read while the replacement is noticed is the whole old or the whole new version.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn the_object_view_never_mixes_versions_of_a_replaced_object() {
     let (_dir, source, mnt) = setup();
     let (old, new) = (

@@ -12,6 +12,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn every_image_matches_the_kernel_squashfs_mount() {
     let dir = open_tempdir();
     let source = corpus_source(dir.path());
@@ -53,6 +57,10 @@ fn every_image_matches_the_kernel_squashfs_mount() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn everyday_tools_work_on_the_mount() {
     let dir = open_tempdir();
     let source = corpus_source(dir.path());
@@ -107,6 +115,10 @@ fn everyday_tools_work_on_the_mount() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn thirty_two_concurrent_readers_get_the_right_bytes() {
     let dir = open_tempdir();
     let source = corpus_source(dir.path());

@@ -146,10 +146,12 @@ fn assert_no_secrets_logged(daemon: &Daemon, secrets: &[&str]) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn the_instance_role_serves_an_image() {
-    let Some(garage) = Garage::start("role") else {
-        return;
-    };
+    let garage = Garage::start("role");
     garage.add_key("role", ROLE_KEY.0, ROLE_KEY.1);
     let imds = Imds::start(vec![role_credentials(ROLE_KEY, "session-token-role")]);
     let dir = open_tempdir();
@@ -181,10 +183,12 @@ fn the_instance_role_serves_an_image() {
 /// The role's credentials expire and come back as another key; the old key is then deleted.
 /// Reads of files never read before (disk cache off, so each goes to the store) keep working.
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn rotated_role_credentials_are_picked_up_before_the_old_key_dies() {
-    let Some(garage) = Garage::start("rotation") else {
-        return;
-    };
+    let garage = Garage::start("rotation");
     garage.add_key("a", KEY_A.0, KEY_A.1);
     garage.add_key("b", KEY_B.0, KEY_B.1);
     let imds = Imds::start(vec![
@@ -283,10 +287,12 @@ fn rotated_role_credentials_are_picked_up_before_the_old_key_dies() {
 /// At boot the metadata service may not answer yet: with --wait-for-store the daemon keeps
 /// trying, and serves once it does.
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn the_daemon_waits_for_the_metadata_service_at_boot() {
-    let Some(garage) = Garage::start("boot") else {
-        return;
-    };
+    let garage = Garage::start("boot");
     garage.add_key("role", ROLE_KEY.0, ROLE_KEY.1);
     let imds = Imds::start(vec![role_credentials(ROLE_KEY, "session-token-boot")]);
     imds.set_up(false);

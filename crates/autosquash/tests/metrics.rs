@@ -150,6 +150,10 @@ fn make_image(source: &Path) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn status_prometheus_and_metrics_listen_report_a_known_workload() {
     let dir = open_tempdir();
     let (source, mnt) = (dir.path().join("source"), dir.path().join("mnt"));

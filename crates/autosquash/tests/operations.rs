@@ -10,10 +10,12 @@ use std::process::Command;
 use std::time::Duration;
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn a_config_file_serves_images_and_objects_and_status_reports_them() {
-    let Some(garage) = Garage::start("training") else {
-        return;
-    };
+    let garage = Garage::start("training");
     let dir = open_tempdir();
     let work = dir.path();
     // A reference genome as a plain object, and an image.
@@ -168,10 +170,12 @@ fn status_without_a_daemon_is_a_clear_error() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn a_pushed_tarball_shows_up_in_a_running_daemon_without_restart() {
-    let Some(garage) = Garage::start("pushed") else {
-        return;
-    };
+    let garage = Garage::start("pushed");
     let dir = open_tempdir();
     let work = dir.path();
     let tree = work.join("course");

@@ -67,10 +67,12 @@ fn cli(garage: &Garage, args: &[&str]) -> (bool, Vec<u8>, String) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn images_in_a_bucket_match_the_kernel_mount() {
-    let Some(garage) = Garage::start("images") else {
-        return;
-    };
+    let garage = Garage::start("images");
     let dir = open_tempdir();
     let names = [
         "gzip-128k",
@@ -103,10 +105,12 @@ fn images_in_a_bucket_match_the_kernel_mount() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn ls_and_cat_read_images_in_the_bucket() {
-    let Some(garage) = Garage::start("cli") else {
-        return;
-    };
+    let garage = Garage::start("cli");
     let dir = open_tempdir();
     let (image, data) = small_image(dir.path(), 5);
     garage.put(&format!("{PREFIX}tools.squash"), &image);
@@ -128,10 +132,12 @@ fn ls_and_cat_read_images_in_the_bucket() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn wrong_credentials_and_missing_buckets_are_clear_errors() {
-    let Some(garage) = Garage::start("exists") else {
-        return;
-    };
+    let garage = Garage::start("exists");
     let dir = open_tempdir();
     let mnt = mountpoint(dir.path());
     let run = |source: &str, env: Vec<(&str, String)>| {
@@ -174,10 +180,12 @@ fn wrong_credentials_and_missing_buckets_are_clear_errors() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn replaced_and_deleted_objects() {
-    let Some(garage) = Garage::start("versions") else {
-        return;
-    };
+    let garage = Garage::start("versions");
     let dir = open_tempdir();
     let (v1, old) = small_image(dir.path(), 1);
     let (v2, new) = small_image(dir.path(), 2);
@@ -225,10 +233,12 @@ fn replaced_and_deleted_objects() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn a_bucket_of_ten_thousand_images_lists_without_opening_any() {
-    let Some(garage) = Garage::start("many") else {
-        return;
-    };
+    let garage = Garage::start("many");
     let dir = open_tempdir();
     let empty = dir.path().join("empty");
     std::fs::write(&empty, b"").unwrap();
@@ -261,10 +271,12 @@ fn a_bucket_of_ten_thousand_images_lists_without_opening_any() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn retried_faults_return_the_right_bytes_and_exhausted_retries_give_eio() {
-    let Some(garage) = Garage::start("faults") else {
-        return;
-    };
+    let garage = Garage::start("faults");
     let dir = open_tempdir();
     let v = corpus()
         .variants
@@ -342,10 +354,12 @@ fn retried_faults_return_the_right_bytes_and_exhausted_retries_give_eio() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn after_a_restart_data_comes_from_the_disk_cache() {
-    let Some(garage) = Garage::start("warm") else {
-        return;
-    };
+    let garage = Garage::start("warm");
     let dir = open_tempdir();
     let (image, data) = small_image(dir.path(), 9);
     garage.put(&format!("{PREFIX}img.squash"), &image);
@@ -388,10 +402,12 @@ fn after_a_restart_data_comes_from_the_disk_cache() {
 /// answers made one `read` wait three timeouts (the kernel retries a failed page read, and
 /// every retry waited again), and every failed read logged a warning.
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn a_silent_store_fails_a_read_within_one_timeout_and_logs_it_once() {
-    let Some(garage) = Garage::start("silent") else {
-        return;
-    };
+    let garage = Garage::start("silent");
     let dir = open_tempdir();
     let v = corpus()
         .variants
@@ -439,10 +455,12 @@ fn a_silent_store_fails_a_read_within_one_timeout_and_logs_it_once() {
 /// Regression (found by the reliability suite): one key with a character XML cannot carry
 /// (ESC) made every listing of the bucket fail, so the daemon could not start.
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn a_key_with_control_characters_does_not_break_the_listing() {
-    let Some(garage) = Garage::start("controlkeys") else {
-        return;
-    };
+    let garage = Garage::start("controlkeys");
     let dir = open_tempdir();
     let (image, data) = small_image(dir.path(), 7);
     garage.put(&format!("{PREFIX}good.squash"), &image);

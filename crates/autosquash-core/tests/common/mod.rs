@@ -1,4 +1,4 @@
-//! Shared helpers of the engine's integration tests: the corpus (built once per test binary)
+//! Shared helpers of the engine's integration tests: the corpus (built once per test run)
 //! and a walker that opens images through a store.
 #![allow(dead_code)]
 
@@ -7,16 +7,10 @@ use autosquash_testkit::corpus::{self, Corpus};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-/// The corpus, built at most once per test binary, in a directory that lives as long.
+/// The corpus, built once per test run and shared by the test binaries.
 pub fn corpus() -> &'static Corpus {
-    static CORPUS: OnceLock<(tempfile::TempDir, Corpus)> = OnceLock::new();
-    &CORPUS
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let corpus = corpus::build(dir.path());
-            (dir, corpus)
-        })
-        .1
+    static CORPUS: OnceLock<Corpus> = OnceLock::new();
+    CORPUS.get_or_init(|| corpus::shared(Path::new(env!("CARGO_TARGET_TMPDIR"))))
 }
 
 pub fn cache() -> Arc<BlockCache> {

@@ -2,7 +2,6 @@
 //! images with the kernel's own squashfs for comparison. Needs root and /dev/fuse (CI has both).
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -52,6 +51,7 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, String)],
     ) -> Daemon {
+        autosquash_testkit::rings::require_root("a daemon's FUSE mount (allow_other, setpriv)");
         static RUN: AtomicU32 = AtomicU32::new(0);
         let log = mountpoint.with_extension(format!("log{}", RUN.fetch_add(1, Ordering::Relaxed)));
         let child = Command::new(env!("CARGO_BIN_EXE_autosquash"))
@@ -177,6 +177,7 @@ pub struct KernelMount(pub PathBuf);
 
 impl KernelMount {
     pub fn new(image: &Path, at: &Path) -> KernelMount {
+        autosquash_testkit::rings::require_root("a kernel squashfs loop mount");
         std::fs::create_dir_all(at).unwrap();
         let out = Command::new("mount")
             .args(["-t", "squashfs", "-o", "loop,ro"])
@@ -200,17 +201,11 @@ impl Drop for KernelMount {
     }
 }
 
-/// The corpus, built once per test binary.
+/// The corpus, built once per test run and shared by the test binaries.
 pub fn corpus() -> &'static autosquash_testkit::corpus::Corpus {
-    static CORPUS: OnceLock<(tempfile::TempDir, autosquash_testkit::corpus::Corpus)> =
-        OnceLock::new();
-    &CORPUS
-        .get_or_init(|| {
-            let dir = open_tempdir();
-            let corpus = autosquash_testkit::corpus::build(dir.path());
-            (dir, corpus)
-        })
-        .1
+    static CORPUS: OnceLock<autosquash_testkit::corpus::Corpus> = OnceLock::new();
+    CORPUS
+        .get_or_init(|| autosquash_testkit::corpus::shared(Path::new(env!("CARGO_TARGET_TMPDIR"))))
 }
 
 /// A source directory holding (hard links to) every corpus image, as `<variant>.squash`.
@@ -218,7 +213,11 @@ pub fn corpus_source(dir: &Path) -> PathBuf {
     let source = dir.join("source");
     std::fs::create_dir_all(&source).unwrap();
     for v in &corpus().variants {
-        std::fs::hard_link(&v.image, source.join(format!("{}.squash", v.name))).unwrap();
+        let to = source.join(format!("{}.squash", v.name));
+        // A copy where the corpus is on another filesystem than the test's directory.
+        if std::fs::hard_link(&v.image, &to).is_err() {
+            std::fs::copy(&v.image, &to).unwrap();
+        }
     }
     source
 }
@@ -276,39 +275,29 @@ pub fn describe(path: &Path) -> Entry {
     }
 }
 
-/// Walks `ours` and `theirs` in parallel; returns the number of entries compared.
+/// `ours` and `theirs` hold the same entries with the same [`describe`] and bytes; returns
+/// the number of entries compared.
 pub fn compare_trees(ours: &Path, theirs: &Path) -> usize {
-    let list = |p: &Path| -> BTreeMap<_, _> {
-        std::fs::read_dir(p)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (e.file_name(), e.path())
-            })
-            .collect()
-    };
-    let (a, b) = (list(ours), list(theirs));
+    let (a, b) = (
+        autosquash_testkit::tree::metadata(ours),
+        autosquash_testkit::tree::metadata(theirs),
+    );
     assert_eq!(
         a.keys().collect::<Vec<_>>(),
         b.keys().collect::<Vec<_>>(),
-        "entries of {}",
-        ours.display()
+        "entries of {} and {}",
+        ours.display(),
+        theirs.display()
     );
-    let mut n = 0;
-    for (name, ours) in &a {
-        let theirs = &b[name];
-        let (x, y) = (describe(ours), describe(theirs));
-        assert_eq!(x, y, "{}", ours.display());
-        n += 1;
-        let m = std::fs::symlink_metadata(ours).unwrap();
-        if m.is_dir() {
-            n += compare_trees(ours, theirs);
-        } else if m.is_file() {
-            let (x, y) = (std::fs::read(ours).unwrap(), std::fs::read(theirs).unwrap());
-            assert!(x == y, "contents of {}", ours.display());
+    for (rel, meta) in a.iter().filter(|(rel, _)| !rel.as_os_str().is_empty()) {
+        let (x, y) = (ours.join(rel), theirs.join(rel));
+        assert_eq!(describe(&x), describe(&y), "{}", x.display());
+        if meta.is_file() {
+            let (p, q) = (std::fs::read(&x).unwrap(), std::fs::read(&y).unwrap());
+            assert!(p == q, "contents of {}", x.display());
         }
     }
-    n
+    a.len() - 1
 }
 
 /// `diff -r` reports every pair of special files ("X is a fifo while file Y is a fifo") even

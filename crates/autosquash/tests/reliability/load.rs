@@ -25,26 +25,18 @@ pub struct Sample {
 /// Every regular file of an extracted image, as seen under `mounted`.
 pub fn samples(mounted: &Path, extracted: &Path, image: usize) -> Vec<Sample> {
     let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(extracted.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let rel = rel.join(e.file_name());
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(rel);
-            } else if t.is_file() {
-                let m = e.metadata().unwrap();
-                // Root-only files are for the permission checks, not for load.
-                if std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o004 != 0 {
-                    out.push(Sample {
-                        mounted: mounted.join(&rel),
-                        reference: extracted.join(&rel),
-                        size: m.len(),
-                        image,
-                    });
-                }
-            }
+    for e in autosquash_testkit::tree::walk(extracted, usize::MAX) {
+        let m = e
+            .meta
+            .unwrap_or_else(|err| panic!("{}: {err}", e.path.display()));
+        // Root-only files are for the permission checks, not for load.
+        if m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o004 != 0 {
+            out.push(Sample {
+                mounted: mounted.join(&e.rel),
+                reference: e.path,
+                size: m.len(),
+                image,
+            });
         }
     }
     out.sort_by(|a, b| a.mounted.cmp(&b.mounted));
@@ -156,21 +148,7 @@ impl Counts {
     }
 }
 
-pub fn errno_name(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::EIO) => "EIO".into(),
-        Some(libc::ESTALE) => "ESTALE".into(),
-        Some(libc::ENOENT) => "ENOENT".into(),
-        Some(libc::ENOTCONN) => "ENOTCONN".into(),
-        Some(libc::EACCES) => "EACCES".into(),
-        Some(libc::EPERM) => "EPERM".into(),
-        Some(libc::EROFS) => "EROFS".into(),
-        Some(libc::EINVAL) => "EINVAL".into(),
-        Some(libc::ENOMEM) => "ENOMEM".into(),
-        Some(n) => format!("errno {n}"),
-        None => e.to_string(),
-    }
-}
+pub use autosquash_testkit::tree::errno_name;
 
 enum Failure {
     Io(std::io::Error),

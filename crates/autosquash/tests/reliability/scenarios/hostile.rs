@@ -4,13 +4,11 @@
 //! must keep serving, and memory must stay bounded.
 
 use crate::common::open_tempdir;
-use crate::load::{Load, Watch, errno_name};
+use crate::load::{Load, Watch};
 use crate::setup::{LOAD_IMAGES, secs, variant};
 use crate::{Outcome, Scale};
-use autosquash_testkit::hostile;
+use autosquash_testkit::{hostile, tree};
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,62 +24,6 @@ struct Walked {
     slowest_image: String,
     /// Images during whose walk the daemon's RSS grew the most (MiB).
     jumps: Vec<(f64, String)>,
-}
-
-/// Walks one image: at most 2000 entries and 1 MiB per file, so a hostile file size cannot
-/// make the walk endless.
-fn walk(root: &Path, w: &mut Walked) {
-    let mut stack = vec![root.to_path_buf()];
-    let mut budget = 2000;
-    let note = |w: &mut Walked, e: &std::io::Error| {
-        *w.errors.entry(errno_name(e)).or_default() += 1;
-    };
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(d) => d,
-            Err(e) => {
-                note(w, &e);
-                continue;
-            }
-        };
-        for e in entries {
-            let e = match e {
-                Ok(e) => e,
-                Err(e) => {
-                    note(w, &e);
-                    break;
-                }
-            };
-            budget -= 1;
-            if budget == 0 {
-                return;
-            }
-            w.entries += 1;
-            let path = e.path();
-            let m = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    note(w, &e);
-                    continue;
-                }
-            };
-            let _ = xattr::list(&path).map(|l| l.count());
-            if m.is_dir() {
-                stack.push(path);
-            } else if m.file_type().is_symlink() {
-                if let Err(e) = std::fs::read_link(&path) {
-                    note(w, &e);
-                }
-            } else if m.is_file() {
-                let mut buf = Vec::new();
-                match std::fs::File::open(&path).and_then(|f| f.take(1 << 20).read_to_end(&mut buf))
-                {
-                    Ok(n) => w.bytes += n as u64,
-                    Err(e) => note(w, &e),
-                }
-            }
-        }
-    }
 }
 
 pub fn run(scale: Scale, out: &mut Outcome) {
@@ -148,10 +90,11 @@ pub fn run(scale: Scale, out: &mut Outcome) {
                         let Some(name) = queue.lock().unwrap().pop() else {
                             break;
                         };
-                        let mut w = Walked::default();
                         let started = Instant::now();
                         let rss_before = crate::load::rss_mib(pid);
-                        walk(&mnt.join(&name), &mut w);
+                        // At most 2000 entries and 1 MiB a file: a hostile size or listing
+                        // cannot make the walk endless.
+                        let w = tree::read_everything(&mnt.join(&name), 2000, 1 << 20);
                         let took = started.elapsed();
                         let grew = crate::load::rss_mib(pid) - rss_before;
                         let mut all = walked.lock().unwrap();
