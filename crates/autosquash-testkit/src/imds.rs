@@ -339,8 +339,10 @@ mod tests {
         use std::io::{Read, Write};
         let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
         let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        conn.write_all(raw.as_bytes()).unwrap();
-        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        // A service that is down closes the connection at once, maybe before the request is
+        // written (EPIPE, ECONNRESET): what counts is that no answer comes.
+        let _ = conn.write_all(raw.as_bytes());
+        let _ = conn.shutdown(std::net::Shutdown::Write);
         let mut out = String::new();
         let _ = conn.read_to_string(&mut out);
         out
