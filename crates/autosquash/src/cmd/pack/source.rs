@@ -1,19 +1,107 @@
 //! The source as a sorted tree of entries, from a directory or a tar archive.
+//!
+//! Everything squashfs cannot store is refused here, naming the path, so the writer meets
+//! only representable input: names over 256 bytes, symlink targets over 4095 bytes, xattrs
+//! outside the `user.`, `trusted.` and `security.` namespaces (the only ones squashfs and the
+//! kernel's reader know).
 
 use super::*;
 
 /// Entries keyed by path relative to the root; `BTreeMap` order puts every directory before
-/// its children, the order backhand's writer needs.
+/// its children, and a directory's children in byte order of their names, squashfs's order.
 pub struct Tree {
-    pub root: NodeHeader,
+    pub root: Node,
     pub entries: BTreeMap<PathBuf, Node>,
     /// File data of a tar source.
     pub spool: Option<Arc<File>>,
 }
 
+/// An inode's metadata: permission bits (with setuid, setgid, sticky), owner, mtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u32,
+}
+
+/// Extended attributes as (full name, value), sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 pub struct Node {
-    pub header: NodeHeader,
+    pub header: Header,
     pub kind: Kind,
+    pub xattrs: Xattrs,
+    /// Hard links: entries with the same group are one inode.
+    pub link: Option<u32>,
+}
+
+/// Longest name and symlink target squashfs (and Linux) store.
+const MAX_NAME: usize = 256;
+const MAX_SYMLINK: usize = 4095;
+const XATTR_PREFIXES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+
+/// Refuses what squashfs cannot store, with the reason; `path` names the entry.
+fn check(path: &Path, node: &Node) -> Result<()> {
+    if let Some(name) = path.file_name()
+        && name.len() > MAX_NAME
+    {
+        bail!(
+            "{}: a name of {} bytes (squashfs stores at most {MAX_NAME})",
+            path.display(),
+            name.len()
+        );
+    }
+    if let Kind::Symlink(target) = &node.kind {
+        let len = target.as_os_str().len();
+        if len == 0 || len > MAX_SYMLINK {
+            bail!(
+                "{}: a symlink target of {len} bytes (squashfs stores 1 to {MAX_SYMLINK})",
+                path.display()
+            );
+        }
+    }
+    for (name, value) in &node.xattrs {
+        let known = XATTR_PREFIXES
+            .iter()
+            .any(|p| name.starts_with(p) && name.len() > p.len());
+        if !known {
+            bail!(
+                "{}: xattr {} cannot be stored (squashfs keeps only user., trusted. and \
+                 security. attributes)",
+                path.display(),
+                String::from_utf8_lossy(name)
+            );
+        }
+        if name.len() > 255 || value.len() > 65536 {
+            bail!(
+                "{}: xattr {} is too large",
+                path.display(),
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The xattrs of `path` itself (not of a symlink's target).
+fn read_xattrs(path: &Path) -> Result<Xattrs> {
+    let fail = |e: io::Error| anyhow!("{}: cannot read its xattrs: {e}", path.display());
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        // A filesystem without xattrs has none to keep.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(fail(e)),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        // Gone since it was listed: nothing to keep.
+        if let Some(value) = xattr::get(path, &name).map_err(fail)? {
+            out.push((name.as_bytes().to_vec(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[derive(Clone)]
@@ -91,8 +179,16 @@ fn encode_major_minor(major: u32, minor: u32) -> u32 {
 /// may lie inside the source.
 pub fn scan_dir(src: &Path, owner: Owner, skip: Option<(u64, u64)>) -> Result<Tree> {
     let meta = std::fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let root = owner.header(meta.mode(), meta.uid(), meta.gid(), meta.mtime());
+    let root = Node {
+        header: owner.header(meta.mode(), meta.uid(), meta.gid(), meta.mtime()),
+        kind: Kind::Dir,
+        xattrs: read_xattrs(src)?,
+        link: None,
+    };
+    check(src, &root)?;
     let mut entries = BTreeMap::new();
+    // (dev, ino) of files with more than one link, to their group.
+    let mut groups: HashMap<(u64, u64), u32> = HashMap::new();
     let mut dirs = vec![PathBuf::new()];
     while let Some(rel) = dirs.pop() {
         let dir = src.join(&rel);
@@ -134,7 +230,20 @@ pub fn scan_dir(src: &Path, owner: Owner, skip: Option<(u64, u64)>) -> Result<Tr
                 dirs.push(rel.clone());
             }
             let header = owner.header(meta.mode(), meta.uid(), meta.gid(), meta.mtime());
-            entries.insert(rel, Node { header, kind });
+            let link = if !ft.is_dir() && meta.nlink() > 1 {
+                let next = groups.len() as u32;
+                Some(*groups.entry((meta.dev(), meta.ino())).or_insert(next))
+            } else {
+                None
+            };
+            let node = Node {
+                header,
+                kind,
+                xattrs: read_xattrs(&path)?,
+                link,
+            };
+            check(&path, &node)?;
+            entries.insert(rel, node);
         }
     }
     Ok(Tree {
@@ -302,6 +411,7 @@ pub fn scan_tar(src: &Path, owner: Owner, spool_dir: &Path, show: bool) -> Resul
     let mut entries: BTreeMap<PathBuf, Node> = BTreeMap::new();
     let mut root = None;
     let mut newest = 0;
+    let mut groups = 0u32;
     let fail = |e: io::Error| anyhow!("{}: {e}", src.display());
     for entry in archive.entries().map_err(fail)? {
         let mut entry = entry.map_err(fail)?;
@@ -326,6 +436,7 @@ pub fn scan_tar(src: &Path, owner: Owner, spool_dir: &Path, show: bool) -> Resul
         };
         let header = owner.header(mode, id(uid)?, id(gid)?, mtime.min(u32::MAX.into()) as i64);
         let at = || format!("{}: {}", src.display(), name.display());
+        let xattrs = tar_xattrs(&mut entry).with_context(at)?;
         use tar::EntryType as T;
         let kind = match entry_type {
             T::Directory => Kind::Dir,
@@ -335,9 +446,29 @@ pub fn scan_tar(src: &Path, owner: Owner, spool_dir: &Path, show: bool) -> Resul
             T::Fifo => Kind::Fifo,
             T::Link => {
                 let target = link_target(&entry).with_context(at)?;
-                let found = archive_path(&target)?.and_then(|t| entries.get(&t));
+                let found = archive_path(&target)?.and_then(|t| entries.get_mut(&t));
                 match found {
-                    Some(node) => node.kind.clone(),
+                    // One inode: the link takes the target's metadata, as extracting does.
+                    Some(node) if !matches!(node.kind, Kind::Dir) => {
+                        let group = *node.link.get_or_insert_with(|| {
+                            groups += 1;
+                            groups - 1
+                        });
+                        let node = Node {
+                            header: node.header,
+                            kind: node.kind.clone(),
+                            xattrs: node.xattrs.clone(),
+                            link: Some(group),
+                        };
+                        insert(src, &mut entries, &mut root, path, node)?;
+                        continue;
+                    }
+                    Some(_) => bail!(
+                        "{}: {} is a hard link to the directory {}",
+                        src.display(),
+                        name.display(),
+                        target.display()
+                    ),
                     None => bail!(
                         "{}: {} is a hard link to {}, which is not earlier in the archive",
                         src.display(),
@@ -366,13 +497,13 @@ pub fn scan_tar(src: &Path, owner: Owner, spool_dir: &Path, show: bool) -> Resul
                 continue;
             }
         };
-        match path {
-            None if matches!(kind, Kind::Dir) => root = Some(header),
-            None => bail!("{}: the archive's root is not a directory", src.display()),
-            Some(path) => {
-                entries.insert(path, Node { header, kind });
-            }
-        }
+        let node = Node {
+            header,
+            kind,
+            xattrs,
+            link: None,
+        };
+        insert(src, &mut entries, &mut root, path, node)?;
     }
     bar.finish_and_clear();
     let spool = spool
@@ -381,6 +512,12 @@ pub fn scan_tar(src: &Path, owner: Owner, spool_dir: &Path, show: bool) -> Resul
         .context("cannot write the temporary file")?;
     // Directories the archive implies but does not list.
     let implied = owner.header(0o755, 0, 0, newest.min(u32::MAX.into()) as i64);
+    let implied_node = || Node {
+        header: implied,
+        kind: Kind::Dir,
+        xattrs: Vec::new(),
+        link: None,
+    };
     let mut missing = Vec::new();
     for path in entries.keys() {
         for parent in path.ancestors().skip(1) {
@@ -402,14 +539,48 @@ pub fn scan_tar(src: &Path, owner: Owner, spool_dir: &Path, show: bool) -> Resul
         }
     }
     for path in missing {
-        entries.entry(path).or_insert(Node {
-            header: implied,
-            kind: Kind::Dir,
-        });
+        entries.entry(path).or_insert_with(implied_node);
     }
     Ok(Tree {
-        root: root.unwrap_or(implied),
+        root: root.unwrap_or_else(implied_node),
         entries,
         spool: Some(Arc::new(spool)),
     })
+}
+
+/// Puts an archive entry in place (the root, or a path), checked.
+fn insert(
+    src: &Path,
+    entries: &mut BTreeMap<PathBuf, Node>,
+    root: &mut Option<Node>,
+    path: Option<PathBuf>,
+    node: Node,
+) -> Result<()> {
+    match path {
+        None if matches!(node.kind, Kind::Dir) => {
+            check(src, &node)?;
+            *root = Some(node);
+        }
+        None => bail!("{}: the archive's root is not a directory", src.display()),
+        Some(path) => {
+            check(&src.join(&path), &node)?;
+            entries.insert(path, node);
+        }
+    }
+    Ok(())
+}
+
+/// Xattrs of a tar entry: GNU tar's and star's `SCHILY.xattr.NAME` pax records.
+fn tar_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> Result<Xattrs> {
+    let mut out = Vec::new();
+    if let Some(pax) = entry.pax_extensions()? {
+        for ext in pax {
+            let ext = ext?;
+            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                out.push((name.to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
