@@ -2,7 +2,8 @@
 //! image lifecycle (mount on lookup, idle expiry, version changes) and the inode mapping.
 //! `fs` (images) and `objects` (the plain object view) hold the logic with their own types,
 //! behind the `Tree` trait; `fuse` is the only module that speaks FUSE; `clock` is the time
-//! the image lifecycle runs on (injected, so tests move it instead of sleeping).
+//! the image lifecycle runs on (injected, so tests move it instead of sleeping);
+//! `housekeeping` retires idle images and lists the source again (on tokio's clock).
 //!
 //! # Threads
 //! - **FUSE threads**, one per CPU (at least 2), each reading its own cloned `/dev/fuse` fd.
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod housekeeping;
 pub mod objects;
 pub mod tree;
 

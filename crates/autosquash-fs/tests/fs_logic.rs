@@ -7,6 +7,7 @@
 
 use autosquash_core::{FileKind, MemStore};
 use autosquash_fs::fs::ROOT_INO;
+use autosquash_fs::housekeeping::{self, SETTLE, Schedule};
 use autosquash_fs::tree::Invalidation;
 use autosquash_fs::{AutoFs, FsConfig, FsError, ManualClock};
 use autosquash_testkit::corpus::mksquashfs;
@@ -316,6 +317,61 @@ async fn a_replaced_image_keeps_serving_what_the_kernel_holds_then_switches() {
         &fs.read(new_file.ino, 0, 100).await.unwrap()[..],
         b"version 2, longer\n"
     );
+}
+
+/// Housekeeping lists the source again once per list interval and shortly after a change
+/// notification, and not in between. On tokio's paused clock: `sleep` moves it, nothing waits.
+#[tokio::test(start_paused = true)]
+async fn housekeeping_lists_again_every_interval_and_after_a_change() {
+    let (store, fs, _clock) = setup(Duration::from_secs(300)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let interval = Duration::from_secs(60);
+    let schedule = Schedule {
+        idle_timeout: Duration::from_secs(300),
+        list_interval: interval,
+    };
+    let task = tokio::spawn(housekeeping::run(
+        fs.clone(),
+        |_| async {},
+        Some(rx),
+        schedule,
+    ));
+    let listed = |fs: &AutoFs| names(&list(fs, ROOT_INO, 0));
+    let until = |at: Duration| tokio::time::sleep_until(tokio::time::Instant::now() + at);
+    let start = tokio::time::Instant::now();
+    let at = |t: Duration| tokio::time::sleep_until(start + t);
+
+    store.put("images/three.squash", image("3"));
+    at(interval - Duration::from_millis(1)).await;
+    assert_eq!(
+        listed(&fs),
+        [".", "..", "one", "two"],
+        "listed before the interval"
+    );
+    at(interval + Duration::from_millis(1)).await;
+    assert_eq!(listed(&fs), [".", "..", "one", "three", "two"]);
+
+    // A change is listed once it settled, long before the next interval.
+    store.put("images/four.squash", image("4"));
+    at(interval + Duration::from_secs(5)).await;
+    tx.send(()).await.unwrap();
+    until(SETTLE - Duration::from_millis(1)).await;
+    assert_eq!(
+        listed(&fs),
+        [".", "..", "one", "three", "two"],
+        "listed before settling"
+    );
+    until(Duration::from_millis(2)).await;
+    assert_eq!(listed(&fs), [".", "..", "four", "one", "three", "two"]);
+
+    // The interval counts from that listing: nothing new until it has passed again.
+    store.put("images/five.squash", image("5"));
+    let listed_at = interval + Duration::from_secs(5) + SETTLE;
+    at(listed_at + interval - Duration::from_secs(1)).await;
+    assert!(!listed(&fs).contains(&"five".to_owned()));
+    at(listed_at + interval + Duration::from_secs(1)).await;
+    assert!(listed(&fs).contains(&"five".to_owned()));
+    task.abort();
 }
 
 #[tokio::test]

@@ -10,11 +10,12 @@ use anyhow::{Context, Result, bail};
 use autosquash_cache::{CachedStore, PipelineConfig};
 use autosquash_core::{BlockCache, CountingStore, DirStore, Store, StoreCounters};
 use autosquash_fs::fuse::{self, Mount, MountConfig};
+use autosquash_fs::housekeeping::{self, Schedule};
 use autosquash_fs::{AutoFs, FsConfig, ObjectConfig, ObjectFs, Tree};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -338,11 +339,18 @@ async fn start_mount(
         )
     })?;
     info!(source = %shown, mountpoint = %mountpoint.display(), "serving");
-    let task = tokio::spawn(housekeeping(
+    let invalidator = mount.invalidator();
+    let task = tokio::spawn(housekeeping::run(
         tree.clone(),
-        mount.invalidator(),
+        move |what| {
+            let invalidator = invalidator.clone();
+            async move { notify(&invalidator, what).await }
+        },
         changes,
-        spec.clone(),
+        Schedule {
+            idle_timeout: spec.idle_timeout,
+            list_interval: spec.list_interval,
+        },
     ));
     let mut spec = spec.clone();
     spec.mountpoint = mountpoint;
@@ -368,41 +376,4 @@ async fn notify(invalidate: &fuse::Invalidator, what: Vec<autosquash_fs::tree::I
     }
     let invalidate = invalidate.clone();
     let _ = tokio::task::spawn_blocking(move || invalidate.apply(&what)).await;
-}
-
-/// Retires idle images every second; re-lists on change notifications and every interval.
-async fn housekeeping(
-    tree: Arc<dyn Tree>,
-    invalidate: fuse::Invalidator,
-    mut changes: Option<tokio::sync::mpsc::Receiver<()>>,
-    spec: MountSpec,
-) {
-    let mut expiry = tokio::time::interval(Duration::from_secs(1).min(spec.idle_timeout));
-    let mut last_list = Instant::now();
-    loop {
-        let changed = async {
-            match changes.as_mut() {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = expiry.tick() => {
-                notify(&invalidate, tree.expire()).await;
-                if last_list.elapsed() < spec.list_interval {
-                    continue;
-                }
-            }
-            Some(()) = changed => {
-                // Let a burst of events (a copy in progress) settle first.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        last_list = Instant::now();
-        if let Err(e) = tree.refresh().await {
-            warn!(source = %tree.describe(), error = %e, "cannot refresh the listing; keeping the previous one");
-        }
-        // Changed versions are shown at once, not a tick later.
-        notify(&invalidate, tree.expire()).await;
-    }
 }
