@@ -100,6 +100,12 @@ impl<S: Store> CachedStore<S> {
             }),
         }
     }
+
+    /// Waits until what was fetched or read ahead so far has landed (hydrations go on): the
+    /// point after which a read of it no longer needs the store.
+    pub async fn settled(&self) {
+        self.shared.pipeline.settled().await;
+    }
 }
 
 impl<S: Store> Shared<S> {

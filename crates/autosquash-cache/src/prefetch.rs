@@ -85,6 +85,35 @@ pub(crate) struct Pipeline {
     staged: Mutex<Staged>,
     /// Objects being hydrated, each with where and when it was last read.
     hydrating: Mutex<HashMap<u64, Option<(u64, Instant)>>>,
+    /// Parts and disk read-aheads scheduled and not finished (see [`Pipeline::settled`]).
+    outstanding: Arc<Outstanding>,
+}
+
+/// A count of background work with a way to wait for it to reach zero.
+#[derive(Default)]
+struct Outstanding {
+    count: Mutex<usize>,
+    zero: Notify,
+}
+
+/// One unit of [`Outstanding`] work, counted from its scheduling to its drop.
+struct Pending(Arc<Outstanding>);
+
+impl Pending {
+    fn new(of: &Arc<Outstanding>) -> Self {
+        *lock(&of.count) += 1;
+        Self(of.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut count = lock(&self.0.count);
+        *count -= 1;
+        if *count == 0 {
+            self.0.zero.notify_waiters();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -111,6 +140,18 @@ impl Pipeline {
             streams: Mutex::default(),
             staged: Mutex::new(staged),
             hydrating: Mutex::default(),
+            outstanding: Arc::default(),
+        }
+    }
+
+    /// Waits until everything fetched or read ahead so far has landed (not hydrations).
+    pub(crate) async fn settled(&self) {
+        loop {
+            let zero = self.outstanding.zero.notified();
+            if *lock(&self.outstanding.count) == 0 {
+                return;
+            }
+            zero.await;
         }
     }
 
@@ -331,7 +372,11 @@ impl<S: Store> Shared<S> {
             // Chunks already local are read ahead from disk instead (a restarted daemon
             // reading what it cached before).
             let (me, object) = (self.clone(), object.clone());
-            runtime.spawn_blocking(move || me.disk.read_ahead(&object, &on_disk));
+            let pending = Pending::new(&self.pipeline.outstanding);
+            runtime.spawn_blocking(move || {
+                me.disk.read_ahead(&object, &on_disk);
+                drop(pending);
+            });
         }
         // Parts on multiples of PART, like hydration's: a store keeps objects in aligned
         // blocks (Garage: 1 MiB), and a part across a block boundary makes it read one more.
@@ -340,7 +385,9 @@ impl<S: Store> Shared<S> {
             let chunks = part..((part / PART_CHUNKS + 1) * PART_CHUNKS).min(ahead.end);
             part = chunks.end;
             let (me, object) = (self.clone(), object.clone());
+            let pending = Pending::new(&self.pipeline.outstanding);
             runtime.spawn(async move {
+                let _pending = pending;
                 let bytes = (chunks.end - chunks.start) * CHUNK;
                 let permit = me.pipeline.budget.acquire(bytes, Priority::Prefetch).await;
                 // Errors concern nobody yet: a read that needs the chunk fetches it again.

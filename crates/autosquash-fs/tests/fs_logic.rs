@@ -461,7 +461,7 @@ async fn sequential_reads_are_served_from_what_was_fetched_ahead() {
         hydrate: false,
         ..FsConfig::default()
     };
-    let fs = AutoFs::new(cached, config);
+    let fs = AutoFs::new(cached.clone(), config);
     fs.refresh().await.unwrap();
     let root = fs.lookup(ROOT_INO, b"big").await.unwrap();
     let file = fs.lookup(root.ino, b"big").await.unwrap();
@@ -473,9 +473,9 @@ async fn sequential_reads_are_served_from_what_was_fetched_ahead() {
         assert!(got[..] == data[offset as usize..offset as usize + chunk as usize]);
         offset += u64::from(chunk);
     }
-    // Let the prefetch land; then the next megabyte is read with the store down: it must all
+    // Once the prefetch landed, the next megabyte is read with the store down: it must all
     // come from what was fetched ahead.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    cached.settled().await;
     store.set_failing(true);
     for _ in 0..8 {
         let got = fs
@@ -579,7 +579,7 @@ async fn a_directory_read_file_by_file_has_its_neighbours_fetched_ahead() {
         hydrate: false,
         ..FsConfig::default()
     };
-    let fs = AutoFs::new(cached, config);
+    let fs = AutoFs::new(cached.clone(), config);
     fs.refresh().await.unwrap();
     let root = fs.lookup(ROOT_INO, b"d").await.unwrap();
     let many = fs.lookup(root.ino, b"many").await.unwrap();
@@ -592,7 +592,7 @@ async fn a_directory_read_file_by_file_has_its_neighbours_fetched_ahead() {
     };
     read("f150".into()).await.unwrap();
     read("f020".into()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    cached.settled().await;
     mem.set_failing(true);
     for i in 0..200u64 {
         let got = read(format!("f{i:03}"))
@@ -607,7 +607,7 @@ async fn a_directory_read_file_by_file_has_its_neighbours_fetched_ahead() {
     let other = fs.lookup(root.ino, b"other").await.unwrap();
     let file = fs.lookup(other.ino, b"f100").await.unwrap();
     fs.read(file.ino, 0, 1 << 20).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    cached.settled().await;
     assert!(
         mem.stats().bytes <= 2 * autosquash_cache::CHUNK,
         "a lone read fetched {} bytes",
