@@ -438,3 +438,363 @@ fn push_to_s3() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nosuchbucket"), "{err}");
 }
+
+/// A tree built to look like real software, with everything squashfs can hold: relative,
+/// absolute and 4000-byte symlinks, hard links (nlink 2 and 3), xattrs in the three namespaces
+/// the kernel reads back (on files, a directory and the root), a fifo, a character device, a
+/// sparse file, names with spaces, a newline, non-UTF-8 bytes and 255 bytes, a directory of
+/// 3000 entries, duplicate files, setuid, setgid, sticky and 0000 modes, owners on files,
+/// directories and symlinks, and mtimes set on every kind, the root's last.
+fn software_tree(dir: &Path) -> PathBuf {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+    let src = dir.join("software");
+    for d in [
+        "usr/bin",
+        "usr/lib/python3/site",
+        "etc/empty",
+        "var/tmp",
+        "many",
+    ] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    let lib = pseudo_random_bytes(11, 300_000);
+    std::fs::write(src.join("usr/lib/libfoo.so.1.2.3"), &lib).unwrap();
+    std::fs::write(src.join("usr/lib/python3/copy-of-libfoo"), &lib).unwrap();
+    symlink("libfoo.so.1.2.3", src.join("usr/lib/libfoo.so.1")).unwrap();
+    symlink("libfoo.so.1", src.join("usr/lib/libfoo.so")).unwrap();
+    symlink("/usr/lib/libfoo.so.1.2.3", src.join("usr/bin/absolute")).unwrap();
+    let long = format!("{}target", "../".repeat(1330));
+    assert!(long.len() > 3990);
+    symlink(&long, src.join("usr/lib/long-link")).unwrap();
+    let tool = src.join("usr/bin/tool");
+    std::fs::write(&tool, pseudo_random_bytes(12, 70_000)).unwrap();
+    set_mode(&tool, 0o4755);
+    std::fs::hard_link(&tool, src.join("usr/bin/tool-again")).unwrap();
+    for name in ["b", "c"] {
+        std::fs::hard_link(&tool, src.join(format!("usr/lib/python3/{name}"))).unwrap();
+    }
+    std::fs::write(src.join("usr/lib/python3/site/a.py"), b"print('a')\n").unwrap();
+    std::fs::hard_link(
+        src.join("usr/lib/python3/site/a.py"),
+        src.join("usr/lib/python3/site/also-a.py"),
+    )
+    .unwrap();
+    xattr::set(
+        &tool,
+        "security.capability",
+        // VFS_CAP_REVISION_2: permitted CAP_NET_BIND_SERVICE.
+        &[0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    )
+    .unwrap();
+    xattr::set(&tool, "user.comment", b"a tool").unwrap();
+    xattr::set(src.join("usr/lib"), "trusted.overlay.opaque", b"y").unwrap();
+    xattr::set(&src, "user.root", b"the root's own").unwrap();
+    xattr::set(
+        src.join("usr/lib/python3/site/a.py"),
+        "user.mime_type",
+        b"text/x-python",
+    )
+    .unwrap();
+    sh(Command::new("mkfifo").arg(src.join("var/tmp/fifo")));
+    sh(Command::new("mknod")
+        .arg(src.join("var/tmp/null"))
+        .args(["c", "1", "3"]));
+    // Holes, data at 1 MiB, and a tail after the last hole.
+    let sparse = std::fs::File::create(src.join("var/sparse.img")).unwrap();
+    sparse.set_len(5 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"data in the middle", 1 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", (5 << 20) - 3).unwrap();
+    let odd: [&[u8]; 6] = [
+        b"with space",
+        b"new\nline",
+        b"-dash",
+        b"\xff\xfe not utf-8",
+        "ünïcödé".as_bytes(),
+        &[b'n'; 255],
+    ];
+    for (i, name) in odd.iter().enumerate() {
+        std::fs::write(src.join("etc").join(OsStr::from_bytes(name)), [i as u8; 3]).unwrap();
+    }
+    for i in 0..3000 {
+        // A third of them duplicates of one another.
+        let body = if i % 3 == 0 {
+            b"same\n".to_vec()
+        } else {
+            format!("entry {i}\n").into_bytes()
+        };
+        std::fs::write(src.join(format!("many/module_{i:04}.py")), body).unwrap();
+    }
+    std::fs::write(src.join("etc/empty-file"), b"").unwrap();
+    std::fs::write(src.join("etc/secret"), b"none may read\n").unwrap();
+    set_mode(&src.join("etc/secret"), 0o000);
+    set_mode(&src.join("var/tmp"), 0o1777);
+    set_mode(&src.join("usr/lib/python3"), 0o2755);
+    lchown(src.join("etc/secret"), Some(1234), Some(2345)).unwrap();
+    lchown(src.join("usr/lib/python3"), Some(65534), Some(65534)).unwrap();
+    lchown(src.join("usr/lib/libfoo.so"), Some(1000), Some(1001)).unwrap();
+    for (path, time) in [
+        ("usr/lib/libfoo.so", "@1400000000"),
+        ("usr/lib/libfoo.so.1.2.3", "@1500000000"),
+        ("var/tmp/fifo", "@1300000000"),
+        ("var/tmp/null", "@1310000000"),
+        ("etc/empty", "@1200000000"),
+        ("var/tmp", "@1100000000"),
+        ("", "@1600000000"),
+    ] {
+        sh(Command::new("touch")
+            .args(["-h", "-d", time])
+            .arg(src.join(path)));
+    }
+    src
+}
+
+/// What the test compares of one entry.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    kind: String,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    nlink: u64,
+    /// The first path (in sorted order) of this entry's inode: hard links share it.
+    inode_of: PathBuf,
+    target: Option<PathBuf>,
+    xattrs: Vec<(String, Vec<u8>)>,
+    rdev: u64,
+    bytes: Option<Vec<u8>>,
+}
+
+/// Every entry under `root` (the root itself as ""), as the kernel shows it.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, Seen> {
+    let metas = walk(root);
+    let mut first: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    for (rel, m) in &metas {
+        first
+            .entry((m.dev(), m.ino()))
+            .or_insert_with(|| rel.clone());
+    }
+    metas
+        .iter()
+        .map(|(rel, m)| {
+            let path = root.join(rel);
+            let ft = m.file_type();
+            let mut xattrs: Vec<_> = xattr::list(&path)
+                .unwrap()
+                .map(|n| {
+                    let v = xattr::get(&path, &n).unwrap().unwrap_or_default();
+                    (n.to_string_lossy().into_owned(), v)
+                })
+                .collect();
+            xattrs.sort();
+            let seen = Seen {
+                kind: format!("{ft:?}"),
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime: m.mtime(),
+                nlink: m.nlink(),
+                inode_of: first[&(m.dev(), m.ino())].clone(),
+                target: ft.is_symlink().then(|| std::fs::read_link(&path).unwrap()),
+                xattrs,
+                rdev: m.rdev(),
+                bytes: ft.is_file().then(|| std::fs::read(&path).unwrap()),
+            };
+            (rel.clone(), seen)
+        })
+        .collect()
+}
+
+/// `got` must equal `want` entry for entry; the first difference is reported by path.
+fn assert_same(want: &BTreeMap<PathBuf, Seen>, got: &BTreeMap<PathBuf, Seen>, what: &str) {
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "{what}: entries differ"
+    );
+    for (rel, w) in want {
+        let g = &got[rel];
+        if w != g {
+            let (mut w, mut g) = (format!("{w:?}"), format!("{g:?}"));
+            w.truncate(2000);
+            g.truncate(2000);
+            panic!("{what}: {} differs:\nwant {w}\ngot  {g}", rel.display());
+        }
+    }
+}
+
+/// A read-only kernel squashfs mount of an image, unmounted on drop.
+struct KernelMount(PathBuf);
+
+impl KernelMount {
+    fn new(image: &Path) -> Self {
+        let dir = image.with_extension("mnt");
+        std::fs::create_dir_all(&dir).unwrap();
+        sh(Command::new("mount")
+            .args(["-t", "squashfs", "-o", "loop,ro"])
+            .arg(image)
+            .arg(&dir));
+        KernelMount(dir)
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// With a forced owner every entry is that owner's; everything else stays.
+fn owned_by(mut tree: BTreeMap<PathBuf, Seen>, uid: u32, gid: u32) -> BTreeMap<PathBuf, Seen> {
+    for seen in tree.values_mut() {
+        (seen.uid, seen.gid) = (uid, gid);
+    }
+    tree
+}
+
+#[test]
+fn software_tree_round_trips_through_the_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = software_tree(dir.path());
+    let want = snapshot(&src);
+    assert_eq!(want[Path::new("usr/bin/tool")].nlink, 4);
+    assert!(!want[Path::new("")].xattrs.is_empty());
+
+    let image = dir.path().join("ours.squash");
+    pack(&src, &image, &["-q"]);
+    let ours = snapshot(&KernelMount::new(&image).0);
+    assert_same(&want, &ours, "pack of the directory");
+
+    // mksquashfs packs the same tree to the same result.
+    let mk = dir.path().join("mk.squash");
+    sh(Command::new("mksquashfs").arg(&src).arg(&mk).args([
+        "-noappend",
+        "-no-progress",
+        "-quiet",
+        "-comp",
+        "zstd",
+    ]));
+    let theirs = snapshot(&KernelMount::new(&mk).0);
+    assert_same(&theirs, &ours, "pack vs mksquashfs");
+
+    // A tarball of it, with its xattrs, hard links and owners.
+    let archive = dir.path().join("software.tar.zst");
+    sh(Command::new("tar")
+        .args([
+            "--format=posix",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "--zstd",
+            "-cf",
+        ])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .arg("."));
+    let image = dir.path().join("from-tar.squash");
+    pack(&archive, &image, &["-q"]);
+    assert_same(
+        &want,
+        &snapshot(&KernelMount::new(&image).0),
+        "pack of the tarball",
+    );
+
+    let image = dir.path().join("all-root.squash");
+    pack(&archive, &image, &["-q", "--all-root"]);
+    let got = snapshot(&KernelMount::new(&image).0);
+    assert_same(&owned_by(snapshot(&src), 0, 0), &got, "pack --all-root");
+}
+
+/// Duplicates are stored once: two copies of 1 MiB of noise take the room of one, and so do
+/// two copies of a file smaller than a block.
+#[test]
+fn duplicates_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("dups");
+    std::fs::create_dir(&src).unwrap();
+    let noise = pseudo_random_bytes(21, 1 << 20);
+    std::fs::write(src.join("one"), &noise).unwrap();
+    let image = dir.path().join("one.squash");
+    pack(&src, &image, &["-q"]);
+    let single = std::fs::metadata(&image).unwrap().len();
+    std::fs::write(src.join("two"), &noise).unwrap();
+    std::fs::write(src.join("small-1"), &noise[..50_000]).unwrap();
+    std::fs::write(src.join("small-2"), &noise[..50_000]).unwrap();
+    let image = dir.path().join("dups.squash");
+    pack(&src, &image, &["-q"]);
+    let doubled = std::fs::metadata(&image).unwrap().len();
+    assert!(
+        doubled < single + 50_000 + 8192,
+        "{doubled} bytes with duplicates, {single} without"
+    );
+    compare_trees(&src, &unsquash(&image), None);
+}
+
+/// `--level`: a higher zstd level makes a smaller image of compressible data; levels a codec
+/// does not have are refused.
+#[test]
+fn compression_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture(dir.path());
+    let text: String = (0..200_000)
+        .map(|i| format!("line {} of {}\n", i % 977, i % 13))
+        .collect();
+    std::fs::write(src.join("text"), text).unwrap();
+    let size = |level: &str| {
+        let image = dir.path().join(format!("level-{level}.squash"));
+        pack(&src, &image, &["-q", "--level", level]);
+        compare_trees(&src, &unsquash(&image), None);
+        std::fs::metadata(&image).unwrap().len()
+    };
+    assert!(size("19") < size("1"));
+    for (args, expect) in [
+        (vec!["--level", "23"], "zstd levels are 1 to 22"),
+        (
+            vec!["--compression", "lz4", "--level", "3"],
+            "lz4 has no compression levels",
+        ),
+    ] {
+        let mut all = vec!["pack", s(&src), "-o", "/nonexistent/x.squash"];
+        all.extend(args);
+        let out = autosquash(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{err}");
+    }
+}
+
+/// What squashfs cannot store is an error naming the path, and nothing is written.
+#[test]
+fn unrepresentable_input_fails_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("out.squash");
+    let src = dir.path().join("acl");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("file"), b"x").unwrap();
+    // Only user., trusted. and security. xattrs exist in squashfs: an ACL (here one that
+    // also lets uid 1000 read) has no place.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    xattr::set(src.join("file"), "system.posix_acl_access", &acl).unwrap();
+    let out = autosquash(&["pack", s(&src), "-o", s(&image)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("acl/file") && err.contains("system.posix_acl_access"),
+        "{err}"
+    );
+    assert!(!image.exists());
+}
