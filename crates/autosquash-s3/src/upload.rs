@@ -6,9 +6,14 @@
 //! aborted, so its parts do not linger (and cost) in the bucket. Parts are read into memory
 //! (`PART_SIZE` × `PARTS_IN_FLIGHT` at most), which keeps each request retryable by the SDK and
 //! its CRC32 checksum cheap to compute.
+//!
+//! Every request body carries a CRC32 checksum the store verifies, and after the upload the
+//! object is looked up again: its size must be the file's and its ETag the one the upload
+//! returned, or the push fails (a store that dropped bytes, or another writer that replaced the
+//! object in between, is caught here rather than by the daemon later).
 
 use crate::{S3Config, S3Store};
-use autosquash_core::{Error, Result};
+use autosquash_core::{Error, Result, Store};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -27,8 +32,9 @@ pub const PARTS_IN_FLIGHT: usize = 4;
 /// S3's limit on the number of parts of one upload.
 const MAX_PARTS: u64 = 10_000;
 
-/// Uploads the file at `path` as `key` of `config.bucket`; returns the new object's ETag.
-/// `progress` is called with the number of bytes just uploaded, after each part.
+/// Uploads the file at `path` as `key` of `config.bucket` and checks the object's size and
+/// ETag afterwards; returns the new object's ETag. `progress` is called with the number of
+/// bytes just uploaded, after each part.
 pub async fn upload_file(
     config: &S3Config,
     key: &str,
@@ -42,13 +48,43 @@ pub async fn upload_file(
         .len();
     let file = Arc::new(file);
     let store = S3Store::new(&upload_config(config)).await;
+    let etag = upload(&store, key, &file, size, path, progress).await?;
+    check_uploaded(&store, key, size, &etag).await?;
+    Ok(etag)
+}
+
+/// The object as the store has it now must be the one just sent.
+async fn check_uploaded(store: &S3Store, key: &str, size: u64, etag: &str) -> Result<()> {
+    let meta = store.head(key).await?;
+    if meta.size != size || meta.etag != etag {
+        return Err(Error::store(
+            &format!("s3://{}/{key}", store.bucket),
+            format!(
+                "after the upload the object is {} bytes with ETag {}, not the {size} bytes \
+                 with ETag {etag} sent (replaced meanwhile, or stored wrong)",
+                meta.size, meta.etag
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn upload(
+    store: &S3Store,
+    key: &str,
+    file: &Arc<File>,
+    size: u64,
+    path: &Path,
+    progress: impl Fn(u64) + Send + Sync,
+) -> Result<String> {
     if size <= PART_SIZE {
-        let body = read_part(&file, 0, size, path).await?;
+        let body = read_part(file, 0, size, path).await?;
         let out = store
             .client
             .put_object()
             .bucket(&store.bucket)
             .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .body(ByteStream::from(body))
             .send()
             .await
@@ -72,7 +108,7 @@ pub async fn upload_file(
         .to_owned();
     let parts = futures::stream::iter(0..size.div_ceil(part_size))
         .map(|i| {
-            let (store, file, upload_id, progress) = (&store, &file, &upload_id, &progress);
+            let (store, file, upload_id, progress) = (store, file, &upload_id, &progress);
             async move {
                 let offset = i * part_size;
                 let len = part_size.min(size - offset);

@@ -3,7 +3,8 @@
 //! SRC may be an image already (recognized by its `hsqs` magic; it is read through once with
 //! our engine, so a broken file is never uploaded) or anything `pack` takes, which is packed
 //! into a temporary directory first (`$TMPDIR`: it needs room for the image, and for a tar
-//! source also for its unpacked files). The upload itself is in `autosquash_s3::upload_file`.
+//! source also for its unpacked files). The upload itself is in `autosquash_s3::upload_file`,
+//! which also checks afterwards that the object has the size and ETag of what was sent.
 
 use super::pack::{self, BuildArgs, progress_bar};
 use crate::source::S3Args;
