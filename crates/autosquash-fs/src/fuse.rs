@@ -636,6 +636,37 @@ impl Mount {
         &self.stats
     }
 
+    /// Takes the mount off its mountpoint at once (a lazy unmount) while what is open in it
+    /// keeps working: its session is served, in a thread of its own, until the last file in it
+    /// is closed and the kernel ends the connection. A new mount can take the mountpoint
+    /// meanwhile.
+    pub fn detach(&self) -> std::io::Result<()> {
+        let session = self
+            .session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(session) = session else {
+            return Ok(());
+        };
+        if let Err(e) = lazy_unmount(&self.mountpoint) {
+            // Still mounted: keep serving it as before.
+            *self
+                .session
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session);
+            return Err(e);
+        }
+        // The session ends once the connection is gone; fuser's own unmount at its end then
+        // finds nothing mounted and leaves the mountpoint (and a new mount on it) alone.
+        std::thread::spawn(move || {
+            if let Err(e) = session.join() {
+                warn!(error = %e, "a detached mount's session ended with an error");
+            }
+        });
+        Ok(())
+    }
+
     pub fn unmount(&self) -> std::io::Result<()> {
         let session = self
             .session
@@ -690,6 +721,32 @@ pub fn mount(
         stats,
         mountpoint: mountpoint.to_path_buf(),
     })
+}
+
+/// `umount2(path, MNT_DETACH)`, or `fusermount3 -u -z` where that is not allowed (not root).
+#[allow(unsafe_code)]
+fn lazy_unmount(path: &Path) -> std::io::Result<()> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a valid NUL-terminated path; umount2 reads it and nothing else.
+    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EPERM) {
+        return Err(e);
+    }
+    let out = std::process::Command::new("fusermount3")
+        .args(["-u", "-z", "--"])
+        .arg(path)
+        .output()?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(std::io::Error::other(format!(
+            "fusermount3 -u -z: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
 }
 
 /// FUSE threads: one per CPU, at least 2 (one slow request must not hold up the others).

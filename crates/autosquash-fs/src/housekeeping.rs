@@ -8,11 +8,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
 
 /// How often housekeeping looks at a tree.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
     pub idle_timeout: Duration,
     pub list_interval: Duration,
@@ -22,18 +23,22 @@ pub struct Schedule {
 pub const SETTLE: Duration = Duration::from_millis(200);
 
 /// Runs until the task is dropped. `notify` sends invalidations to the kernel; `changes`
-/// carries the source's change notifications (a watched directory), if it has any.
+/// carries the source's change notifications (a watched directory), if it has any; a reload
+/// may change `schedule` while it runs.
 pub async fn run<F, Fut>(
     tree: Arc<dyn Tree>,
     mut notify: F,
     mut changes: Option<Receiver<()>>,
-    schedule: Schedule,
+    mut schedule: watch::Receiver<Schedule>,
 ) where
     F: FnMut(Vec<Invalidation>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let tick = Duration::from_secs(1).min(schedule.idle_timeout);
-    let mut expiry = tokio::time::interval(tick.max(Duration::from_millis(1)));
+    let ticks = |s: &Schedule| {
+        let tick = Duration::from_secs(1).min(s.idle_timeout);
+        tokio::time::interval(tick.max(Duration::from_millis(1)))
+    };
+    let mut expiry = ticks(&schedule.borrow_and_update());
     let mut last_list = Instant::now();
     loop {
         let changed = async {
@@ -45,11 +50,15 @@ pub async fn run<F, Fut>(
         tokio::select! {
             _ = expiry.tick() => {
                 notify(tree.expire()).await;
-                if last_list.elapsed() < schedule.list_interval {
+                if last_list.elapsed() < schedule.borrow().list_interval {
                     continue;
                 }
             }
             Some(()) = changed => tokio::time::sleep(SETTLE).await,
+            Ok(()) = schedule.changed() => {
+                expiry = ticks(&schedule.borrow_and_update());
+                continue;
+            }
         }
         last_list = Instant::now();
         if let Err(e) = tree.refresh().await {

@@ -35,6 +35,8 @@ pub trait Tree: Send + Sync + 'static {
     async fn refresh(&self) -> autosquash_core::Result<()>;
     /// Periodic housekeeping; returns what the kernel should drop from its caches.
     fn expire(&self) -> Vec<Invalidation>;
+    /// Applies what a reload may change in place (trees without these settings ignore it).
+    fn retune(&self, _tuning: Tuning) {}
     /// For the mount's fsname and logs.
     fn describe(&self) -> String;
     /// A JSON-ready snapshot for `autosquash status`.
@@ -48,4 +50,12 @@ pub enum Invalidation {
     Entry(u64, Vec<u8>),
     /// The cached pages (file data or directory listing) and attributes of an inode.
     Inode(u64),
+}
+
+/// The settings of a tree that a reload changes in place, without a new mount.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tuning {
+    pub idle_timeout: std::time::Duration,
+    pub negative_ttl: std::time::Duration,
+    pub hydrate: bool,
 }

@@ -330,6 +330,7 @@ async fn housekeeping_lists_again_every_interval_and_after_a_change() {
         idle_timeout: Duration::from_secs(300),
         list_interval: interval,
     };
+    let (retune, schedule) = tokio::sync::watch::channel(schedule);
     let task = tokio::spawn(housekeeping::run(
         fs.clone(),
         |_| async {},
@@ -371,6 +372,17 @@ async fn housekeeping_lists_again_every_interval_and_after_a_change() {
     assert!(!listed(&fs).contains(&"five".to_owned()));
     at(listed_at + interval + Duration::from_secs(1)).await;
     assert!(listed(&fs).contains(&"five".to_owned()));
+
+    // A reload shortens the interval in place: it holds from the next tick.
+    retune
+        .send(Schedule {
+            idle_timeout: Duration::from_secs(300),
+            list_interval: Duration::from_secs(5),
+        })
+        .unwrap();
+    store.put("images/six.squash", image("6"));
+    until(Duration::from_secs(6)).await;
+    assert!(listed(&fs).contains(&"six".to_owned()));
     task.abort();
 }
 

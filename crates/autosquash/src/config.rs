@@ -103,7 +103,7 @@ pub fn load(path: Option<&Path>) -> Result<Option<ConfigFile>> {
 }
 
 /// One mount, every value resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MountSpec {
     pub source: String,
     pub mountpoint: PathBuf,

@@ -3,6 +3,7 @@
 mod cmd;
 mod config;
 mod mountpoint;
+mod notify;
 mod source;
 mod units;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 const CLI_CACHE_BYTES: u64 = 64 << 20;
 
 /// How to reach an S3 bucket; names follow the aws CLI and mountpoint-s3.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct S3Args {
     /// AWS region of the bucket (default: from the environment or profile).
     #[arg(long)]

@@ -91,7 +91,7 @@ impl AutoFs {
     /// if it changed.
     pub fn expire(&self) -> Vec<Invalidation> {
         let now = self.now_ms();
-        let idle_ms = self.config.idle_timeout.as_millis() as u64;
+        let idle_ms = self.tuning().idle_timeout.as_millis() as u64;
         let mut state = self.state();
         let mut retire: Vec<String> = state
             .mounted
@@ -203,7 +203,7 @@ impl AutoFs {
             if state.misses.len() > 10_000 {
                 state.misses.clear();
             }
-            let (now, ttl) = (self.clock.now(), self.config.negative_ttl);
+            let (now, ttl) = (self.clock.now(), self.tuning().negative_ttl);
             if state
                 .misses
                 .get(name)
@@ -284,7 +284,7 @@ impl AutoFs {
             image,
             // The lookup that mounts it (see `mount`).
             lookups: AtomicU64::new(1),
-            hydration: Mutex::new(if self.config.hydrate {
+            hydration: Mutex::new(if self.tuning().hydrate {
                 self.store.hydrate(&meta)
             } else {
                 None

@@ -23,7 +23,7 @@ pub use lifecycle::panics;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{FsError, FsResult};
-use crate::tree::Invalidation;
+use crate::tree::{Invalidation, Tuning};
 use autosquash_core::{BlockCache, FileKind, Image, Inode, ObjectMeta, Store};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -217,7 +217,10 @@ struct State {
 
 pub struct AutoFs {
     store: Arc<dyn Store>,
+    /// As made; its idle timeout, negative TTL and hydration are `tuning`'s (a reload changes
+    /// those in place).
     config: FsConfig,
+    tuning: Mutex<Tuning>,
     cache: Arc<BlockCache>,
     state: Mutex<State>,
     /// One mount in flight per image, so concurrent first lookups of one image open it once
@@ -283,6 +286,11 @@ impl AutoFs {
         Arc::new(Self {
             cache,
             store,
+            tuning: Mutex::new(Tuning {
+                idle_timeout: config.idle_timeout,
+                negative_ttl: config.negative_ttl,
+                hydrate: config.hydrate,
+            }),
             config,
             state: Mutex::new(State {
                 next_slot: 1,
@@ -294,6 +302,15 @@ impl AutoFs {
             mounts_total: AtomicU64::new(0),
             expiries_total: AtomicU64::new(0),
         })
+    }
+
+    /// The settings a reload may have changed since the start.
+    pub(crate) fn tuning(&self) -> Tuning {
+        *self.tuning.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_tuning(&self, tuning: Tuning) {
+        *self.tuning.lock().unwrap_or_else(PoisonError::into_inner) = tuning;
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -387,6 +404,9 @@ impl crate::tree::Tree for AutoFs {
     }
     fn expire(&self) -> Vec<crate::tree::Invalidation> {
         AutoFs::expire(self)
+    }
+    fn retune(&self, tuning: Tuning) {
+        self.set_tuning(tuning);
     }
     fn describe(&self) -> String {
         format!("{}/{}", self.store.describe(), self.config.prefix)

@@ -4,6 +4,7 @@
 
 use crate::config::{self, MountSection, MountSpec, View};
 use crate::mountpoint;
+use crate::notify;
 use crate::source::{S3Args, image_source};
 use crate::units::{parse_duration, parse_size};
 use anyhow::{Context, Result, bail};
@@ -11,13 +12,15 @@ use autosquash_cache::{CachedStore, PipelineConfig};
 use autosquash_core::{BlockCache, CountingStore, DirStore, Store, StoreCounters};
 use autosquash_fs::fuse::{self, Mount, MountConfig};
 use autosquash_fs::housekeeping::{self, Schedule};
+use autosquash_fs::tree::Tuning;
 use autosquash_fs::{AutoFs, FsConfig, ObjectConfig, ObjectFs, Tree};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
@@ -182,6 +185,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
 
 /// One served tree and what the daemon keeps of it.
 pub struct Served {
+    /// As configured (a reload compares it), but with the mountpoint resolved.
     pub spec: MountSpec,
     pub tree: Arc<dyn Tree>,
     pub counters: Arc<StoreCounters>,
@@ -193,11 +197,110 @@ pub struct Served {
     pub prefix: String,
     /// FUSE requests by operation and read latency (for the metrics).
     pub fuse: Arc<fuse::FuseStats>,
+    /// The mount as configured (a reload may retune it), and what its store was made with:
+    /// a reload that changes neither leaves the mount alone.
+    configured: std::sync::Mutex<MountSpec>,
+    made_with: StoreSettings,
     mount: Mount,
+    housekeeping: tokio::task::JoinHandle<()>,
+    schedule: watch::Sender<Schedule>,
+}
+
+impl Served {
+    fn configured(&self) -> MountSpec {
+        self.configured
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes what `spec` changes of the settings a running mount can change (idle timeout,
+    /// negative TTL, hydration, list interval); false if it changes anything else.
+    fn retune(&self, spec: &MountSpec) -> bool {
+        let mut configured = self
+            .configured
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tuned = MountSpec {
+            idle_timeout: spec.idle_timeout,
+            negative_ttl: spec.negative_ttl,
+            hydrate: spec.hydrate,
+            list_interval: spec.list_interval,
+            ..configured.clone()
+        };
+        if tuned != *spec {
+            return false;
+        }
+        if *configured != *spec {
+            self.tree.retune(Tuning {
+                idle_timeout: spec.idle_timeout,
+                negative_ttl: spec.negative_ttl,
+                hydrate: spec.hydrate,
+            });
+            let _ = self.schedule.send(schedule_of(spec));
+            info!(mountpoint = %self.spec.mountpoint.display(), "reload: settings changed in place");
+            *configured = tuned;
+        }
+        true
+    }
+}
+
+fn schedule_of(spec: &MountSpec) -> Schedule {
+    Schedule {
+        idle_timeout: spec.idle_timeout,
+        list_interval: spec.list_interval,
+    }
+}
+
+/// What a mount's store is made with besides its own section.
+#[derive(Clone, PartialEq)]
+struct StoreSettings {
+    /// For S3 sources only (a local directory does not use them).
+    s3: Option<S3Args>,
+    cache_dir: PathBuf,
+    cache_size: u64,
+    hydrate_max: u64,
+    hydrate_bandwidth: u64,
+}
+
+impl StoreSettings {
+    fn of(spec: &MountSpec, settings: &Settings) -> Self {
+        Self {
+            s3: spec
+                .source
+                .starts_with("s3://")
+                .then(|| settings.s3.clone()),
+            cache_dir: settings.cache_dir.clone(),
+            cache_size: settings.cache_size,
+            hydrate_max: settings.hydrate_max,
+            hydrate_bandwidth: settings.hydrate_bandwidth,
+        }
+    }
+}
+
+/// The mounts being served, shared with the status socket and the metrics; a reload
+/// replaces them.
+#[derive(Default)]
+pub struct Mounts(std::sync::RwLock<Vec<Arc<Served>>>);
+
+impl Mounts {
+    pub fn snapshot(&self) -> Vec<Arc<Served>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, mounts: Vec<Arc<Served>>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = mounts;
+    }
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let settings = settings(&args)?;
+    let mut settings = settings(&args)?;
     mountpoint::check_fuse_device()?;
     // Bound before anything is mounted: an address in use is a startup error, not a
     // half-started daemon.
@@ -210,17 +313,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let cache = BlockCache::new(settings.memory_limit);
-    let mut served = Vec::new();
-    let mut tasks = Vec::new();
+    let mounts = Arc::new(Mounts::default());
+    let mut started = Vec::new();
     for spec in &settings.mounts {
-        let (one, task) = start_mount(spec, &settings, &cache).await?;
-        served.push(one);
-        tasks.push(task);
+        let prepared = prepare_mount(spec, &settings, &cache, settings.wait_for_store).await?;
+        started.push(Arc::new(attach(prepared, spec)?));
     }
-    let served = Arc::new(served);
+    mounts.replace(started);
     let status = crate::cmd::status::listen(
         &settings.control_socket,
-        served.clone(),
+        mounts.clone(),
         cache.clone(),
     )
     .map_err(|e| warn!(socket = %settings.control_socket.display(), error = %e, "no status socket"))
@@ -229,16 +331,28 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "serving metrics at /metrics");
         }
-        crate::cmd::status::serve_metrics(listener, served.clone(), cache.clone())
+        crate::cmd::status::serve_metrics(listener, mounts.clone(), cache.clone())
     });
+    // Every mount has listed its source and answers: units ordered after this one find
+    // their images.
+    notify::ready(&serving(&mounts));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = sigterm.recv() => {}
-        _ = sigint.recv() => {}
+    let mut sighup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                notify::reloading();
+                reload(&args, &mut settings, &mounts, &cache).await;
+                notify::ready(&serving(&mounts));
+            }
+        }
     }
-    for task in tasks.into_iter().chain(metrics) {
+    notify::stopping();
+    if let Some(task) = metrics {
         task.abort();
     }
     if let Some(status) = status {
@@ -246,7 +360,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let _ = std::fs::remove_file(&settings.control_socket);
     }
     let mut result = Ok(());
-    for one in served.iter() {
+    for one in mounts.snapshot() {
+        one.housekeeping.abort();
         info!(mountpoint = %one.spec.mountpoint.display(), "unmounting");
         if let Err(e) = one.mount.unmount() {
             result =
@@ -256,13 +371,137 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     result
 }
 
-/// Lists the source (retrying if asked to), mounts it, and starts its housekeeping task.
-async fn start_mount(
+/// The STATUS line for the service manager.
+fn serving(mounts: &Mounts) -> String {
+    let all = mounts.snapshot();
+    let places: Vec<String> = all
+        .iter()
+        .map(|m| m.spec.mountpoint.display().to_string())
+        .collect();
+    format!("serving {}", places.join(", "))
+}
+
+/// Reads the configuration again and applies it: mounts that are new are mounted, mounts that
+/// are gone are detached, mounts whose settings changed are replaced; the others are not
+/// touched. A detached or replaced mount leaves its mountpoint at once, and what is open in
+/// it keeps working until closed. A configuration that does not parse, or a mount that
+/// cannot be made, is refused with the reason in the log, and what runs keeps running.
+async fn reload(
+    args: &ServeArgs,
+    running: &mut Settings,
+    mounts: &Mounts,
+    cache: &Arc<BlockCache>,
+) {
+    let new = match settings(args) {
+        Ok(new) => new,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "reload refused: keeping the running configuration");
+            return;
+        }
+    };
+    for (what, changed) in [
+        ("memory_limit", new.memory_limit != running.memory_limit),
+        (
+            "control_socket",
+            new.control_socket != running.control_socket,
+        ),
+        (
+            "metrics_listen",
+            new.metrics_listen != running.metrics_listen,
+        ),
+    ] {
+        if changed {
+            warn!(
+                setting = what,
+                "changed; it takes effect at the next restart"
+            );
+        }
+    }
+    let old = mounts.snapshot();
+    let mut next = Vec::new();
+    for spec in &new.mounts {
+        let current = old
+            .iter()
+            .find(|m| m.configured().mountpoint == spec.mountpoint);
+        if let Some(m) = current
+            && m.made_with == StoreSettings::of(spec, &new)
+            && m.retune(spec)
+        {
+            next.push(m.clone());
+            continue;
+        }
+        // The new tree first (its store, its first listing): if that fails, the old mount
+        // stays as it is.
+        let prepared = match prepare_mount(spec, &new, cache, false).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                error!(mountpoint = %spec.mountpoint.display(), error = %format!("{e:#}"), "reload: cannot make this mount; keeping what serves there");
+                next.extend(current.cloned());
+                continue;
+            }
+        };
+        if let Some(m) = current
+            && let Err(e) = retire(m)
+        {
+            error!(mountpoint = %spec.mountpoint.display(), error = %e, "reload: cannot take the old mount off; keeping it");
+            next.push(m.clone());
+            continue;
+        }
+        match attach(prepared, spec) {
+            Ok(m) => {
+                info!(mountpoint = %spec.mountpoint.display(), replaced = current.is_some(), "reload: mounted");
+                next.push(Arc::new(m));
+            }
+            Err(e) => {
+                error!(mountpoint = %spec.mountpoint.display(), error = %format!("{e:#}"), "reload: cannot mount")
+            }
+        }
+    }
+    for m in &old {
+        if !new
+            .mounts
+            .iter()
+            .any(|s| s.mountpoint == m.configured().mountpoint)
+        {
+            match retire(m) {
+                Ok(()) => info!(mountpoint = %m.spec.mountpoint.display(), "reload: unmounted"),
+                Err(e) => {
+                    error!(mountpoint = %m.spec.mountpoint.display(), error = %e, "reload: cannot unmount; keeping it");
+                    next.push(m.clone());
+                }
+            }
+        }
+    }
+    mounts.replace(next);
+    *running = new;
+}
+
+/// Takes a mount off its mountpoint (what is open in it keeps working) and stops its
+/// housekeeping.
+fn retire(m: &Served) -> std::io::Result<()> {
+    m.mount.detach()?;
+    m.housekeeping.abort();
+    Ok(())
+}
+
+/// A tree made and listed, not mounted yet.
+struct Prepared {
+    tree: Arc<dyn Tree>,
+    counters: Arc<StoreCounters>,
+    store: Arc<dyn Store>,
+    cached: Arc<dyn Store>,
+    prefix: String,
+    changes: Option<tokio::sync::mpsc::Receiver<()>>,
+    made_with: StoreSettings,
+}
+
+/// Makes the mount's store and tree and lists its source (retrying if `wait_for_store`).
+async fn prepare_mount(
     spec: &MountSpec,
     settings: &Settings,
     cache: &Arc<BlockCache>,
-) -> Result<(Served, tokio::task::JoinHandle<()>)> {
-    let mountpoint = mountpoint::prepare(&spec.mountpoint)?;
+    wait_for_store: bool,
+) -> Result<Prepared> {
     let source = image_source(&spec.source, &settings.s3).await?;
     let counting = CountingStore::new(source.store.clone());
     let counters = counting.counters.clone();
@@ -309,10 +548,11 @@ async fn start_mount(
     let shown = tree.describe();
     let mut delay = Duration::from_secs(1);
     while let Err(e) = tree.refresh().await {
-        if !settings.wait_for_store {
+        if !wait_for_store {
             return Err(e).with_context(|| format!("cannot list {shown}"));
         }
         warn!(source = %shown, error = %e, retry_in = ?delay, "store not reachable yet");
+        notify::status(&format!("waiting for {shown}: {e}"));
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(60));
     }
@@ -323,6 +563,29 @@ async fn start_mount(
             .map_err(|e| warn!(error = %e, "no change notifications; relying on periodic listing"))
             .ok()
     });
+    Ok(Prepared {
+        tree,
+        counters,
+        store: source.store,
+        cached,
+        prefix: source.prefix.clone(),
+        changes,
+        made_with: StoreSettings::of(spec, settings),
+    })
+}
+
+/// Mounts a prepared tree at the spec's mountpoint and starts its housekeeping.
+fn attach(prepared: Prepared, spec: &MountSpec) -> Result<Served> {
+    let mountpoint = mountpoint::prepare(&spec.mountpoint)?;
+    let Prepared {
+        tree,
+        counters,
+        store,
+        cached,
+        prefix,
+        changes,
+        made_with,
+    } = prepared;
     let mount = fuse::mount(
         tree.clone(),
         &mountpoint,
@@ -338,35 +601,34 @@ async fn start_mount(
             mountpoint.display()
         )
     })?;
-    info!(source = %shown, mountpoint = %mountpoint.display(), "serving");
+    info!(source = %tree.describe(), mountpoint = %mountpoint.display(), "serving");
     let invalidator = mount.invalidator();
-    let task = tokio::spawn(housekeeping::run(
+    let (schedule, schedule_rx) = watch::channel(schedule_of(spec));
+    let housekeeping = tokio::spawn(housekeeping::run(
         tree.clone(),
         move |what| {
             let invalidator = invalidator.clone();
             async move { notify(&invalidator, what).await }
         },
         changes,
-        Schedule {
-            idle_timeout: spec.idle_timeout,
-            list_interval: spec.list_interval,
-        },
+        schedule_rx,
     ));
-    let mut spec = spec.clone();
-    spec.mountpoint = mountpoint;
-    Ok((
-        Served {
-            spec,
-            tree,
-            counters,
-            store: source.store,
-            cached,
-            prefix: source.prefix.clone(),
-            fuse: mount.stats().clone(),
-            mount,
-        },
-        task,
-    ))
+    let mut resolved = spec.clone();
+    resolved.mountpoint = mountpoint;
+    Ok(Served {
+        spec: resolved,
+        tree,
+        counters,
+        store,
+        cached,
+        prefix,
+        fuse: mount.stats().clone(),
+        configured: std::sync::Mutex::new(spec.clone()),
+        made_with,
+        mount,
+        housekeeping,
+        schedule,
+    })
 }
 
 /// Sends kernel invalidations from a blocking thread (see [`fuse::Invalidator::apply`]).

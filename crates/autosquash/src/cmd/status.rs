@@ -6,7 +6,7 @@
 
 mod prometheus;
 
-use super::serve::Served;
+use super::serve::{Mounts, Served};
 use crate::config;
 use anyhow::{Context, Result};
 use autosquash_core::BlockCache;
@@ -57,7 +57,7 @@ fn histogram(h: &Histogram) -> Value {
     })
 }
 
-fn document(served: &[Served], cache: &BlockCache) -> Value {
+fn document(served: &[Arc<Served>], cache: &BlockCache) -> Value {
     let (hits, lookups) = cache.hits_and_lookups();
     let (rss, peak) = memory_kib();
     let mounts: Vec<Value> = served
@@ -122,7 +122,7 @@ fn document(served: &[Served], cache: &BlockCache) -> Value {
 /// Serves status documents on `path` until the returned task is aborted.
 pub fn listen(
     path: &Path,
-    served: Arc<Vec<Served>>,
+    served: Arc<Mounts>,
     cache: Arc<BlockCache>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
@@ -134,7 +134,7 @@ pub fn listen(
     let listener = tokio::net::UnixListener::bind(path)?;
     Ok(tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
-            let body = document(&served, &cache).to_string();
+            let body = document(&served.snapshot(), &cache).to_string();
             tokio::spawn(async move {
                 let _ = conn.write_all(body.as_bytes()).await;
             });
@@ -146,7 +146,7 @@ pub fn listen(
 /// returned task is aborted. A minimal responder: one request per connection, then close.
 pub fn serve_metrics(
     listener: tokio::net::TcpListener,
-    served: Arc<Vec<Served>>,
+    served: Arc<Mounts>,
     cache: Arc<BlockCache>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -170,7 +170,7 @@ pub fn serve_metrics(
 
 async fn answer_http(
     mut conn: tokio::net::TcpStream,
-    served: &[Served],
+    served: &Mounts,
     cache: &BlockCache,
 ) -> std::io::Result<()> {
     // The request head, up to its blank line (bodies are not expected; 8 KiB at most).
@@ -191,7 +191,7 @@ async fn answer_http(
         ("GET" | "HEAD", "/metrics") => (
             "200 OK",
             prometheus::CONTENT_TYPE,
-            prometheus::render(&document(served, cache)),
+            prometheus::render(&document(&served.snapshot(), cache)),
         ),
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
         _ => (
