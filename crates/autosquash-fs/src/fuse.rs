@@ -641,11 +641,7 @@ impl Mount {
     /// is closed and the kernel ends the connection. A new mount can take the mountpoint
     /// meanwhile.
     pub fn detach(&self) -> std::io::Result<()> {
-        let session = self
-            .session
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let session = self.take_session();
         let Some(session) = session else {
             return Ok(());
         };
@@ -667,12 +663,15 @@ impl Mount {
         Ok(())
     }
 
-    pub fn unmount(&self) -> std::io::Result<()> {
-        let session = self
-            .session
+    fn take_session(&self) -> Option<fuser::BackgroundSession> {
+        self.session
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+            .take()
+    }
+
+    pub fn unmount(&self) -> std::io::Result<()> {
+        let session = self.take_session();
         match session {
             Some(session) => session.umount_and_join(),
             None => Ok(()),
