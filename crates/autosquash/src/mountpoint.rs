@@ -16,23 +16,31 @@ pub fn check_fuse_device() -> Result<()> {
     Ok(())
 }
 
-/// Makes `path` ready to be mounted on and returns its canonical form.
-pub fn prepare(path: &Path) -> Result<PathBuf> {
+/// Fails with a clear message unless `path` is an existing directory (or a dead mount,
+/// which `prepare` cleans up). Checked before a mount's source is listed, so that a typo in
+/// the mountpoint is reported as such and not hidden behind a store that cannot be reached.
+pub fn must_exist(path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            warn!(mountpoint = %path.display(), "stale mount of a dead daemon found; unmounting it");
-            lazy_unmount(path)?;
-        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "mountpoint {} does not exist (create it with: mkdir -p {})",
             path.display(),
             path.display()
         ),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot use mountpoint {}", path.display()));
-        }
+        Err(e) => Err(e).with_context(|| format!("cannot use mountpoint {}", path.display())),
         Ok(meta) if !meta.is_dir() => bail!("mountpoint {} is not a directory", path.display()),
-        Ok(_) => {}
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Makes `path` ready to be mounted on and returns its canonical form.
+pub fn prepare(path: &Path) -> Result<PathBuf> {
+    must_exist(path)?;
+    if let Err(e) = std::fs::metadata(path)
+        && e.raw_os_error() == Some(libc::ENOTCONN)
+    {
+        warn!(mountpoint = %path.display(), "stale mount of a dead daemon found; unmounting it");
+        lazy_unmount(path)?;
     }
     let path = path
         .canonicalize()

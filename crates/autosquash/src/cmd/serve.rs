@@ -502,6 +502,7 @@ async fn prepare_mount(
     cache: &Arc<BlockCache>,
     wait_for_store: bool,
 ) -> Result<Prepared> {
+    mountpoint::must_exist(&spec.mountpoint)?;
     let source = image_source(&spec.source, &settings.s3).await?;
     let counting = CountingStore::new(source.store.clone());
     let counters = counting.counters.clone();
