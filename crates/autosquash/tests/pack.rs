@@ -1,10 +1,12 @@
 //! `autosquash pack` and `push` through the real binary: images built from directories and tar
 //! archives are extracted with `unsquashfs` and compared with the source, byte for byte and
 //! metadata; pushed images are read back from a real S3 server (Garage) with `autosquash cat`.
-//! Runs as root (owners are set with lchown, extraction restores them).
+//! Root-tests ring (owners are set with lchown, extraction restores them, the kernel's squashfs
+//! mounts the images); the push test also needs the s3-tests ring (Garage).
 
 use autosquash_testkit::corpus::pseudo_random_bytes;
 use autosquash_testkit::garage::Garage;
+use autosquash_testkit::tree::metadata;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::{Path, PathBuf};
@@ -89,28 +91,10 @@ fn fixture(dir: &Path) -> PathBuf {
     src
 }
 
-/// Every entry under `root` by relative path (the root itself as "").
-fn walk(root: &Path) -> BTreeMap<PathBuf, std::fs::Metadata> {
-    let mut out = BTreeMap::new();
-    let mut dirs = vec![PathBuf::new()];
-    out.insert(PathBuf::new(), std::fs::symlink_metadata(root).unwrap());
-    while let Some(rel) = dirs.pop() {
-        for entry in std::fs::read_dir(root.join(&rel)).unwrap() {
-            let rel = rel.join(entry.unwrap().file_name());
-            let meta = std::fs::symlink_metadata(root.join(&rel)).unwrap();
-            if meta.is_dir() {
-                dirs.push(rel.clone());
-            }
-            out.insert(rel, meta);
-        }
-    }
-    out
-}
-
 /// `got` must be `want` entry for entry: type, mode, owner (or `owner` when forced), mtime
 /// (not the root's: backhand's writer cannot set it), size, bytes, link targets, devices.
 fn compare_trees(want: &Path, got: &Path, owner: Option<(u32, u32)>) {
-    let (w, g) = (walk(want), walk(got));
+    let (w, g) = (metadata(want), metadata(got));
     assert_eq!(
         w.keys().collect::<Vec<_>>(),
         g.keys().collect::<Vec<_>>(),
@@ -162,6 +146,10 @@ fn pack(src: &Path, image: &Path, extra: &[&str]) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn directory_matches_unsquashfs() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture(dir.path());
@@ -190,6 +178,10 @@ fn directory_matches_unsquashfs() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn every_compression_and_block_size() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture(dir.path());
@@ -210,6 +202,10 @@ fn every_compression_and_block_size() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn tar_archives_by_content() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture(dir.path());
@@ -235,6 +231,10 @@ fn tar_archives_by_content() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn tar_without_directory_entries() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture(dir.path());
@@ -248,7 +248,7 @@ fn tar_without_directory_entries() {
     let image = dir.path().join("files.squash");
     pack(&archive, &image, &[]);
     let out = unsquash(&image);
-    let got = walk(&out);
+    let got = metadata(&out);
     let names: Vec<_> = got.keys().map(|p| p.display().to_string()).collect();
     assert_eq!(
         names,
@@ -274,6 +274,10 @@ fn tar_without_directory_entries() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn forced_owner() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture(dir.path());
@@ -293,6 +297,10 @@ fn forced_owner() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn with_mksquashfs() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture(dir.path());
@@ -302,6 +310,10 @@ fn with_mksquashfs() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn bad_sources_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("out.squash");
@@ -369,6 +381,10 @@ fn cat(garage: &Garage, url: &str, path: &str) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "s3-tests")),
+    ignore = "root-tests and s3-tests rings, need root and Garage: sudo bash tests/run"
+)]
 fn push_to_s3() {
     let garage = Garage::start("bucket");
     let dir = tempfile::tempdir().unwrap();
@@ -569,7 +585,7 @@ struct Seen {
 
 /// Every entry under `root` (the root itself as ""), as the kernel shows it.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Seen> {
-    let metas = walk(root);
+    let metas = metadata(root);
     let mut first: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
     for (rel, m) in &metas {
         first
@@ -655,6 +671,10 @@ fn owned_by(mut tree: BTreeMap<PathBuf, Seen>, uid: u32, gid: u32) -> BTreeMap<P
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn software_tree_round_trips_through_the_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let src = software_tree(dir.path());
@@ -736,6 +756,10 @@ fn duplicates_are_stored_once() {
 /// `--level`: a higher zstd level makes a smaller image of compressible data; levels a codec
 /// does not have are refused.
 #[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
 fn compression_levels() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture(dir.path());
