@@ -653,12 +653,15 @@ impl Mount {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(session);
             return Err(e);
         }
-        // The session ends once the connection is gone; fuser's own unmount at its end then
-        // finds nothing mounted and leaves the mountpoint (and a new mount on it) alone.
+        // The session ends once the last file in it is closed. It must then not be dropped:
+        // fuser's Mount unmounts by path when dropped, and would take off whatever is
+        // mounted there by then (the replacing mount). So the finished session is leaked:
+        // one /dev/fuse fd of a dead connection per detached mount.
         std::thread::spawn(move || {
-            if let Err(e) = session.join() {
-                warn!(error = %e, "a detached mount's session ended with an error");
+            while !session.guard.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
+            std::mem::forget(session);
         });
         Ok(())
     }

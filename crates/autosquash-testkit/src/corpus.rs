@@ -795,6 +795,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "root-tests"),
+        ignore = "root-tests ring, needs root: sudo bash tests/run"
+    )]
     fn corpus_builds_and_extracts() {
         let tmp = tempfile::tempdir().unwrap();
         let corpus = build(tmp.path());

@@ -411,3 +411,114 @@ fn the_object_view_never_mixes_versions_of_a_replaced_object() {
         );
     }
 }
+
+/// One `[[mount]]` of a test configuration.
+fn mount_section(source: &Path, mountpoint: &Path, idle: &str) -> String {
+    format!(
+        "[[mount]]\nsource = \"{}\"\nmountpoint = \"{}\"\nidle_timeout = \"{idle}\"\n",
+        source.display(),
+        mountpoint.display()
+    )
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
+fn sighup_reloads_the_configuration() {
+    let (dir, source, mnt) = setup();
+    let other_source = dir.path().join("other-source");
+    let other_mnt = dir.path().join("other-mnt");
+    std::fs::create_dir(&other_source).unwrap();
+    std::fs::create_dir(&other_mnt).unwrap();
+    let a = put_image(&source, "a", 11);
+    let b = put_image(&other_source, "b", 12);
+    let config = dir.path().join("config.toml");
+    let write = |text: String| std::fs::write(&config, format!("version = 1\n{text}")).unwrap();
+    // The service manager's side of sd_notify: every message the daemon sends.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let next_message = || {
+        let mut buf = [0; 4096];
+        let n = notify.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let env = [("NOTIFY_SOCKET", notify_path.display().to_string())];
+
+    write(mount_section(&source, &mnt, "5m"));
+    let daemon = Daemon::spawn_with_config(&config, &mnt, &env);
+    let ready = next_message();
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(is_mounted(&mnt), "READY before the mount answered");
+    let mut open_file = std::fs::File::open(mnt.join("a/data.bin")).unwrap();
+    let reload = |daemon: &Daemon| {
+        daemon.signal("HUP");
+        let first = next_message();
+        assert!(first.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{first}");
+        let done = next_message();
+        assert!(done.starts_with("READY=1\n"), "{done}");
+    };
+
+    // A soft change (idle timeout) is applied in place and a new mount is added.
+    write(mount_section(&source, &mnt, "10m") + &mount_section(&other_source, &other_mnt, "5m"));
+    reload(&daemon);
+    assert!(is_mounted(&other_mnt));
+    assert_eq!(std::fs::read(other_mnt.join("b/data.bin")).unwrap(), b);
+    assert!(daemon.log_text().contains("settings changed in place"));
+    let mut head = vec![0; 4096];
+    open_file.read_exact(&mut head).unwrap();
+    assert_eq!(head, a[..4096]);
+
+    // An invalid file is refused and everything keeps serving as it was.
+    write(mount_section(&source, &mnt, "10m") + "no_such_key = 1\n");
+    reload(&daemon);
+    assert!(daemon.log_text().contains("reload refused"));
+    assert!(is_mounted(&other_mnt));
+    assert_eq!(
+        std::fs::read(mnt.join("a/hello.txt")).unwrap(),
+        b"hello 11\n"
+    );
+
+    // A new source replaces the mount; a removed section unmounts. The file opened on the
+    // old mount reads on to its end.
+    write(mount_section(&other_source, &mnt, "10m"));
+    reload(&daemon);
+    assert!(!is_mounted(&other_mnt), "a removed mount is taken off");
+    assert_eq!(std::fs::read(mnt.join("b/data.bin")).unwrap(), b);
+    assert!(std::fs::metadata(mnt.join("a")).is_err());
+    open_file.seek(SeekFrom::Start(0)).unwrap();
+    let mut all = Vec::new();
+    open_file.read_to_end(&mut all).unwrap();
+    assert!(all == a, "the open file of the replaced mount changed");
+    drop(open_file);
+    // Its last file closed, the old mount's session ends; that must leave the new mount be.
+    let ended = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        daemon.log_text().contains("image unmounted image=a")
+    });
+    assert!(
+        ended,
+        "the old mount's session did not end: {}",
+        daemon.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        is_mounted(&mnt),
+        "the end of the old session took the new mount off"
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("b/hello.txt")).unwrap(),
+        b"hello 12\n"
+    );
+
+    let log = daemon.log.clone();
+    let status = daemon.stop();
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(status.success(), "{status}: {log}");
+    let stopping = next_message();
+    assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
+}

@@ -51,20 +51,33 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, String)],
     ) -> Daemon {
+        let mut args: Vec<&OsStr> = vec![
+            "--source".as_ref(),
+            source.as_ref(),
+            "--mountpoint".as_ref(),
+            mountpoint.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        Self::launch(&args, mountpoint, env)
+    }
+
+    /// Starts `autosquash serve --config CONFIG`; the log, control socket and cache are
+    /// named after `mountpoint`, as for [`Daemon::spawn`].
+    pub fn spawn_with_config(config: &Path, mountpoint: &Path, env: &[(&str, String)]) -> Daemon {
+        Self::launch(&["--config".as_ref(), config.as_os_str()], mountpoint, env)
+    }
+
+    fn launch(args: &[&OsStr], mountpoint: &Path, env: &[(&str, String)]) -> Daemon {
         autosquash_testkit::rings::require_root("a daemon's FUSE mount (allow_other, setpriv)");
         static RUN: AtomicU32 = AtomicU32::new(0);
         let log = mountpoint.with_extension(format!("log{}", RUN.fetch_add(1, Ordering::Relaxed)));
         let child = Command::new(env!("CARGO_BIN_EXE_autosquash"))
             .arg("serve")
-            .arg("--source")
-            .arg(source)
-            .arg("--mountpoint")
-            .arg(mountpoint)
+            .args(args)
             .arg("--control-socket")
             .arg(mountpoint.with_extension("sock"))
             .arg("--cache-dir")
             .arg(mountpoint.with_extension("cache"))
-            .args(extra)
             .env("AUTOSQUASH_LOG", "info")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
