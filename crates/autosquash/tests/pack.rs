@@ -751,6 +751,10 @@ fn duplicates_are_stored_once() {
         "{doubled} bytes with duplicates, {single} without"
     );
     compare_trees(&src, &unsquash(&image), None);
+    // Blocks are compressed in parallel but written in order: the same tree, the same image.
+    let again = dir.path().join("again.squash");
+    pack(&src, &again, &["-q"]);
+    assert!(std::fs::read(&image).unwrap() == std::fs::read(&again).unwrap());
 }
 
 /// `--level`: a higher zstd level makes a smaller image of compressible data; levels a codec

@@ -19,7 +19,7 @@ use super::BuildArgs;
 use super::source::{Kind, Node, Tree};
 use anyhow::{Context, Result, bail};
 use compress::Compressor;
-use data::{DataLoc, DataWriter};
+use data::{DataWriter, Written};
 use indicatif::ProgressBar;
 use meta::{MetaWriter, Pos};
 use output::Output;
@@ -79,8 +79,9 @@ pub fn write(tree: &Arc<Tree>, opts: &BuildArgs, out: &Path, bar: &ProgressBar) 
     }
 
     // File data, in path order (a directory's files lie together).
-    let mut data = DataWriter::new(opts.block_size);
-    let mut locs: HashMap<usize, DataLoc> = HashMap::new();
+    let mut data = DataWriter::new(o, opts.block_size, || {
+        Compressor::new(opts.compression, opts.level, opts.block_size)
+    })?;
     for (i, (path, node)) in nodes.iter().enumerate() {
         if let Kind::File { size, data: src } = &node.kind
             && rep[i] == i
@@ -92,11 +93,14 @@ pub fn write(tree: &Arc<Tree>, opts: &BuildArgs, out: &Path, bar: &ProgressBar) 
             let mut reader = tree
                 .open(src, *size)
                 .with_context(|| format!("cannot open {}", name.display()))?;
-            let loc = data.file(&mut o, &mut c, &mut reader, *size, &name, bar)?;
-            locs.insert(i, loc);
+            data.file(i, &mut reader, *size, &name, bar)?;
         }
     }
-    data.flush_fragment(&mut o, &mut c)?;
+    let Written {
+        out: mut o,
+        locs,
+        fragments,
+    } = data.finish()?;
 
     // Directories in post order (every subdirectory before its parent, the root last).
     let mut post = Vec::new();
@@ -194,8 +198,7 @@ pub fn write(tree: &Arc<Tree>, opts: &BuildArgs, out: &Path, bar: &ProgressBar) 
     o.write(&inode_bytes)?;
     let dir_table = o.pos();
     o.write(&dir_bytes)?;
-    let frag_entries: Vec<[u8; 16]> = data
-        .fragments
+    let frag_entries: Vec<[u8; 16]> = fragments
         .iter()
         .map(|&(start, word)| {
             let mut e = [0u8; 16];
@@ -226,7 +229,7 @@ pub fn write(tree: &Arc<Tree>, opts: &BuildArgs, out: &Path, bar: &ProgressBar) 
     // The root's mtime, not the clock: the same tree makes the same image.
     sb.extend(tree.root.header.mtime.to_le_bytes());
     sb.extend(opts.block_size.to_le_bytes());
-    sb.extend((data.fragments.len() as u32).to_le_bytes());
+    sb.extend((fragments.len() as u32).to_le_bytes());
     sb.extend(compress::id(opts.compression).to_le_bytes());
     sb.extend((opts.block_size.trailing_zeros() as u16).to_le_bytes());
     sb.extend(flags.to_le_bytes());
