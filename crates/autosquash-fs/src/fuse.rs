@@ -594,6 +594,10 @@ pub struct Mount {
     notifier: fuser::Notifier,
     stats: Arc<FuseStats>,
     pub mountpoint: PathBuf,
+    /// The `/dev/fuse` connection, when this process mounted it itself or took it over (as
+    /// root): what a holder keeps for a successor (see the handover module). `None` for a
+    /// mount made through fusermount3, which ends with this process.
+    connection: Option<std::os::fd::OwnedFd>,
 }
 
 /// Tells the kernel to forget entries of a mount.
@@ -676,22 +680,42 @@ impl Mount {
     pub fn unmount(&self) -> std::io::Result<()> {
         let session = self.take_session();
         match session {
+            // Ours: fuser does not know the mount; the session ends once the kernel ends
+            // the connection.
+            Some(session) if self.connection.is_some() => {
+                lazy_unmount(&self.mountpoint)?;
+                session.join()
+            }
             Some(session) => session.umount_and_join(),
             None => Ok(()),
         }
     }
+
+    /// The connection for a holder to keep (see [`Mount::connection`]).
+    pub fn connection(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.connection.as_ref().map(|fd| fd.as_fd())
+    }
 }
 
-/// Mounts `fs` read-only, nosuid, nodev with kernel permission checks.
+/// Mounts `fs` read-only, nosuid, nodev with kernel permission checks, or serves it on
+/// `adopt`, the connection of a mount a predecessor served there (see the handover module).
+/// As root the mount is made here and its connection kept for a holder; otherwise through
+/// fusermount3.
 pub fn mount(
     fs: Arc<dyn Tree>,
     mountpoint: &Path,
     options: &MountConfig,
     runtime: Handle,
+    adopt: Option<std::os::fd::OwnedFd>,
 ) -> std::io::Result<Mount> {
     let mut config = Config::default();
     config.n_threads = Some(fuse_threads());
-    config.clone_fd = true;
+    // Threads share the one connection where it may be handed on: see the handover module.
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid cannot fail.
+    let own = adopt.is_some() || unsafe { libc::geteuid() } == 0;
+    config.clone_fd = !own;
     config.mount_options = vec![
         MountOption::RO,
         MountOption::NoSuid,
@@ -708,20 +732,51 @@ pub fn mount(
         SessionACL::Owner
     };
     let stats = Arc::<FuseStats>::default();
+    let describe = fs.describe();
     let fuse_fs = FuseFs {
         fs,
         runtime,
         stats: stats.clone(),
     };
-    let session = fuser::Session::new(fuse_fs, mountpoint, &config)?;
+    let acl = config.acl;
+    let (session, connection, adopted) = match adopt {
+        Some(fd) => {
+            let session = crate::handover::takeover(fuse_fs, fd.try_clone()?, acl, config)?;
+            (session, Some(fd), true)
+        }
+        None if own => {
+            let fd = crate::handover::mount(mountpoint, &describe, options.allow_other)?;
+            // The kernel sent FUSE_INIT when it mounted: the handshake reads it.
+            let session = fuser::Session::from_fd(fuse_fs, fd.try_clone()?, acl, config)?;
+            (session, Some(fd), false)
+        }
+        None => (
+            fuser::Session::new(fuse_fs, mountpoint, &config)?,
+            None,
+            false,
+        ),
+    };
     let notifier = session.notifier();
     let session = session.spawn()?;
-    raise_readahead(mountpoint);
+    if let (true, Some(fd)) = (adopted, &connection) {
+        use std::os::fd::AsFd;
+        match crate::handover::resend(fd.as_fd()) {
+            Ok(()) => {
+                debug!(mountpoint = %mountpoint.display(), "asked the kernel to resend unanswered requests")
+            }
+            Err(e) => {
+                warn!(mountpoint = %mountpoint.display(), error = %e, "cannot have the kernel resend unanswered requests (Linux 6.9 or later does)")
+            }
+        }
+    } else {
+        raise_readahead(mountpoint);
+    }
     Ok(Mount {
         session: std::sync::Mutex::new(Some(session)),
         notifier,
         stats,
         mountpoint: mountpoint.to_path_buf(),
+        connection,
     })
 }
 

@@ -28,6 +28,7 @@ pub mod clock;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod handover;
 pub mod housekeeping;
 pub mod objects;
 pub mod tree;

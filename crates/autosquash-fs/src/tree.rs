@@ -4,6 +4,7 @@
 use crate::error::FsResult;
 use crate::fs::{Attr, DirItem, FsStat};
 use bytes::Bytes;
+use std::sync::Arc;
 
 #[async_trait::async_trait]
 pub trait Tree: Send + Sync + 'static {
@@ -37,6 +38,15 @@ pub trait Tree: Send + Sync + 'static {
     fn expire(&self) -> Vec<Invalidation>;
     /// Applies what a reload may change in place (trees without these settings ignore it).
     fn retune(&self, _tuning: Tuning) {}
+    /// Records in `log` what a successor needs to answer for the kernel's references (see
+    /// the handover module); `false` for a tree that cannot be taken over.
+    fn record_to(&self, _log: Arc<crate::handover::StateLog>) -> bool {
+        false
+    }
+    /// Restores what a predecessor recorded; how many of its versions are back.
+    async fn restore(&self, _lines: &[String]) -> usize {
+        0
+    }
     /// For the mount's fsname and logs.
     fn describe(&self) -> String;
     /// A JSON-ready snapshot for `autosquash status`.

@@ -5,6 +5,7 @@ mod config;
 mod mountpoint;
 mod notify;
 mod source;
+mod supervisor;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +62,10 @@ fn main() -> ExitCode {
         // Colours only for a person at a terminal: the journal and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Before any thread exists: the supervisor forks.
+    if matches!(cli.command, Command::Serve(_)) && supervisor::wanted() {
+        return supervisor::run();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

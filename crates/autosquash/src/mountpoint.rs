@@ -56,6 +56,23 @@ pub fn prepare(path: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The canonical form of `path` without looking at `path` itself (a mount there may be one
+/// that nobody answers yet): its parent resolved, its name appended.
+pub fn resolve_without_entering(path: &Path) -> Result<PathBuf> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(path.to_path_buf());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    Ok(parent
+        .canonicalize()
+        .with_context(|| format!("cannot use mountpoint {}", path.display()))?
+        .join(name))
+}
+
 /// Whether something is mounted exactly at `path`, from /proc/self/mountinfo.
 pub fn is_mountpoint(path: &Path) -> Result<bool> {
     let info =

@@ -1,8 +1,11 @@
 //! The service manager's notification protocol (`sd_notify`): with `Type=notify`, systemd
 //! holds back units ordered after autosquash until it says READY, and shows its STATUS. A
 //! datagram to `$NOTIFY_SOCKET`; without that variable (started by hand, in a container, in
-//! tests) every call does nothing.
+//! tests) every call does nothing. The manager also keeps file descriptors for the process
+//! that follows (`FDSTORE=1`, passed back as `LISTEN_FDS`): see autosquash-fs's handover
+//! module and the supervisor, which speaks the same protocol where systemd does not.
 
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use tracing::debug;
@@ -27,21 +30,167 @@ pub fn stopping() {
     send("STOPPING=1");
 }
 
-fn send(message: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
+/// Whether a service manager (systemd, or autosquash's own supervisor) listens: it then
+/// also keeps file descriptors for a successor.
+pub fn has_manager() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
+/// Gives `fds` to the service manager's file descriptor store under `name` (replacing what
+/// was stored under it), for the process that follows this one.
+pub fn store_fds(name: &str, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    remove_fds(name);
+    let socket = manager_socket()?;
+    send_with_fds(&socket, format!("FDSTORE=1\nFDNAME={name}").as_bytes(), fds)
+}
+
+/// Drops what the store keeps under `name`.
+pub fn remove_fds(name: &str) {
+    send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
+}
+
+/// The descriptors the service manager passed on (`LISTEN_FDS`, `LISTEN_FDNAMES`, from 3 on),
+/// by name; taken once (the variables are removed, so no child inherits them).
+#[allow(unsafe_code)]
+pub fn take_listen_fds() -> Vec<(String, OwnedFd)> {
+    let count: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_none_or(|p| p == std::process::id());
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    // SAFETY of remove_var: called at startup, before the runtime's threads read the
+    // environment.
+    unsafe {
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    if !for_us || count <= 0 {
+        return Vec::new();
+    }
+    let mut names = names.split(':');
+    (0..count.min(1024))
+        .map(|i| {
+            let fd = 3 + i;
+            // SAFETY: the manager passed descriptors 3..3+LISTEN_FDS to this process; each is
+            // taken once, here.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            let name = names.next().unwrap_or("unknown").to_owned();
+            (name, unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .collect()
+}
+
+fn manager_socket() -> std::io::Result<(UnixDatagram, SocketAddr)> {
+    let path = std::env::var_os("NOTIFY_SOCKET")
+        .ok_or_else(|| std::io::Error::other("no service manager (NOTIFY_SOCKET)"))?;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    // A leading '@' names an abstract socket.
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(&path)?,
     };
-    let result = (|| {
-        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-        // A leading '@' names an abstract socket.
-        let addr = match bytes.strip_prefix(b"@") {
-            Some(name) => SocketAddr::from_abstract_name(name)?,
-            None => SocketAddr::from_pathname(&path)?,
-        };
-        let socket = UnixDatagram::unbound()?;
-        socket.send_to_addr(message.as_bytes(), &addr)
-    })();
-    if let Err(e) = result {
+    let socket = UnixDatagram::unbound()?;
+    socket.connect_addr(&addr)?;
+    Ok((socket, addr))
+}
+
+/// One datagram with `fds` attached (SCM_RIGHTS), on a connected socket.
+#[allow(unsafe_code)]
+pub fn send_with_fds(
+    (socket, _): &(UnixDatagram, SocketAddr),
+    message: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let data_len = std::mem::size_of_val(raw.as_slice());
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(data_len as u32) } as usize;
+    let mut control = vec![0u8; space.max(1)];
+    let mut iov = libc::iovec {
+        iov_base: message.as_ptr() as *mut libc::c_void,
+        iov_len: message.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer has room for one header and `raw` (CMSG_SPACE).
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                data_len,
+            );
+        }
+    }
+    // SAFETY: msg describes valid buffers for the duration of the call.
+    if unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one datagram and the descriptors attached to it.
+#[allow(unsafe_code)]
+pub fn recv_with_fds(socket: &UnixDatagram) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((253 * 4) as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg describes valid, writable buffers for the duration of the call.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `control` with `msg_controllen` bytes of control messages;
+    // every SCM_RIGHTS descriptor is new and owned by nobody else.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg);
+                for i in 0..len / 4 {
+                    let mut fd = 0i32;
+                    std::ptr::copy_nonoverlapping(data.add(i * 4), (&raw mut fd).cast::<u8>(), 4);
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((buf, fds))
+}
+
+fn send(message: &str) {
+    let result = manager_socket().and_then(|s| send_with_fds(&s, message.as_bytes(), &[]));
+    if let Err(e) = result
+        && has_manager()
+    {
         debug!(error = %e, "cannot notify the service manager");
     }
 }

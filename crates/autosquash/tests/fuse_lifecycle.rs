@@ -247,6 +247,107 @@ fn a_killed_daemon_is_replaced_on_the_same_mountpoint() {
     assert!(restarted.stop().success());
 }
 
+/// kill -9 of the process that serves, twice, while a reader loops over a file, a process
+/// has its working directory in the image and a file is held open: the supervisor keeps the
+/// connection, a new process takes it over, and nobody sees an error or a wrong byte.
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
+fn a_killed_serving_process_is_taken_over_without_a_failed_read() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let (_dir, source, mnt) = setup();
+    let data = put_image(&source, "img", 5);
+    let daemon = Daemon::start(&source, &mnt, &[]);
+    let file = mnt.join("img/data.bin");
+    let mut held = std::fs::File::open(&file).unwrap();
+    let mut in_image = Command::new("sleep")
+        .arg("60")
+        .current_dir(mnt.join("img"))
+        .spawn()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reads, failed, wrong, longest_ms) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let reader = {
+        let (stop, reads, failed, wrong, longest_ms) = (
+            stop.clone(),
+            reads.clone(),
+            failed.clone(),
+            wrong.clone(),
+            longest_ms.clone(),
+        );
+        let (file, data) = (file.clone(), data.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut offset = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                // A fresh open and a read at a moving offset: lookups and reads reach the
+                // daemon even with the page cache warm (the cache is dropped below too).
+                let got = std::fs::File::open(&file).and_then(|mut f| {
+                    f.seek(SeekFrom::Start(offset))?;
+                    f.read(&mut buf)
+                });
+                match got {
+                    Ok(n) if buf[..n] == data[offset as usize..offset as usize + n] => {}
+                    Ok(_) => drop(wrong.fetch_add(1, Ordering::Relaxed)),
+                    Err(_) => drop(failed.fetch_add(1, Ordering::Relaxed)),
+                }
+                longest_ms.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                reads.fetch_add(1, Ordering::Relaxed);
+                offset = (offset + 40_961) % (data.len() as u64 - buf.len() as u64);
+            }
+        })
+    };
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = daemon.serving_pid();
+        assert_ne!(
+            before,
+            daemon.child.id(),
+            "no supervisor in front of the daemon"
+        );
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+        assert!(sh(&format!("kill -KILL {before}")).0);
+        wait_for(Duration::from_secs(10), "a new serving process", || {
+            let now = daemon.serving_pid();
+            now != before && now != daemon.child.id()
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let mut again = Vec::new();
+    held.read_to_end(&mut again).unwrap();
+    assert!(again == data, "the file held open reads other bytes");
+    // A stop waits for open files to close, like any unmount.
+    drop(held);
+    let cwd = std::fs::read_dir(format!("/proc/{}/cwd", in_image.id()))
+        .unwrap()
+        .count();
+    assert_eq!(cwd, 2, "the working directory in the image is not listed");
+    let _ = in_image.kill();
+    let _ = in_image.wait();
+    eprintln!(
+        "{} reads, longest {} ms",
+        reads.load(Ordering::Relaxed),
+        longest_ms.load(Ordering::Relaxed)
+    );
+    assert!(reads.load(Ordering::Relaxed) > 10);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "reads failed");
+    assert_eq!(wrong.load(Ordering::Relaxed), 0, "reads got wrong bytes");
+    let log = daemon.log_text();
+    assert!(log.contains("taking over the mount"), "{log}");
+    assert!(daemon.stop().success());
+}
+
 #[test]
 #[cfg_attr(
     not(feature = "root-tests"),
@@ -442,10 +543,21 @@ fn sighup_reloads_the_configuration() {
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
+    // Messages about the file descriptor store (the mounts' connections kept for a
+    // successor) are counted apart; the others in order.
+    let stored = std::cell::Cell::new(0);
     let next_message = || {
-        let mut buf = [0; 4096];
-        let n = notify.recv(&mut buf).expect("a notification within 20 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        loop {
+            let mut buf = [0; 4096];
+            let n = notify.recv(&mut buf).expect("a notification within 20 s");
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if message.starts_with("FDSTORE=1\n") {
+                stored.set(stored.get() + 1);
+            }
+            if !message.starts_with("FDSTORE") {
+                return message;
+            }
+        }
     };
     let env = [("NOTIFY_SOCKET", notify_path.display().to_string())];
 
@@ -454,6 +566,11 @@ fn sighup_reloads_the_configuration() {
     let ready = next_message();
     assert!(ready.starts_with("READY=1\n"), "{ready}");
     assert!(is_mounted(&mnt), "READY before the mount answered");
+    assert_eq!(
+        stored.get(),
+        2,
+        "the connection and the state log given to the manager"
+    );
     let mut open_file = std::fs::File::open(mnt.join("a/data.bin")).unwrap();
     let reload = |daemon: &Daemon| {
         daemon.signal("HUP");

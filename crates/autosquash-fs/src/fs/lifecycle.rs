@@ -144,6 +144,10 @@ impl AutoFs {
             }
             keep
         });
+        if !freed.is_empty() {
+            // The log holds a line per live slot and placeholder: written anew, it stays small.
+            self.rewrite_log(&state);
+        }
         let root_changed = std::mem::take(&mut state.root_changed);
         drop(state);
         drop(freed);
@@ -278,14 +282,30 @@ impl AutoFs {
                 break slot;
             }
         };
+        // The lookup that mounts it (see `mount`).
+        let m = self.install(&mut state, slot, name, image, &meta, 1);
+        Ok(m)
+    }
+
+    /// Puts an opened image into `slot` as the current mount of `name`, with `lookups` kernel
+    /// references, and records the slot for a successor.
+    pub(super) fn install(
+        &self,
+        state: &mut State,
+        slot: u32,
+        name: &str,
+        image: Arc<Image>,
+        meta: &ObjectMeta,
+        lookups: u64,
+    ) -> Arc<Mounted> {
+        let restored = lookups == super::restore::UNKNOWN_REFS;
         let m = Arc::new(Mounted {
             slot,
             name: name.to_owned(),
             image,
-            // The lookup that mounts it (see `mount`).
-            lookups: AtomicU64::new(1),
+            lookups: AtomicU64::new(lookups),
             hydration: Mutex::new(if self.tuning().hydrate {
-                self.store.hydrate(&meta)
+                self.store.hydrate(meta)
             } else {
                 None
             }),
@@ -295,13 +315,18 @@ impl AutoFs {
             outdated: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
+            restored,
+            walked: AtomicBool::new(false),
         });
-        info!(image = %name, slot, etag = %meta.etag, "image mounted");
+        info!(image = %name, slot, etag = %meta.etag, restored, "image mounted");
         self.mounts_total.fetch_add(1, Ordering::Relaxed);
         state.failures_logged.remove(name);
         state.slots.insert(slot, m.clone());
         state.mounted.insert(name.to_owned(), m.clone());
-        Ok(m)
+        if !restored {
+            self.record(&super::restore::slot_line(slot, name, meta));
+        }
+        m
     }
 
     /// The existing mount of `name` with one more kernel reference counted; an error if its
@@ -334,7 +359,17 @@ impl AutoFs {
     pub(super) fn resolve(&self, ino: u64) -> FsResult<(Arc<Mounted>, Arc<Inode>)> {
         let (slot, sq) = split(ino);
         let m = self.slot(slot)?;
-        let inode = self.engine(&m, || m.image.inode(sq))?;
+        let inode = self.engine(&m, || match m.image.inode(sq) {
+            // A number a predecessor gave the kernel: learn every number once, then again.
+            Err(autosquash_core::Error::UnknownInode(_))
+                if m.restored && !m.walked.swap(true, Ordering::Relaxed) =>
+            {
+                let entries = m.image.walk(usize::MAX).count();
+                debug!(image = %m.name, entries, "inode numbers learnt after a takeover");
+                m.image.inode(sq)
+            }
+            other => other,
+        })?;
         Ok((m, inode))
     }
 

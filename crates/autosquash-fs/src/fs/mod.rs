@@ -18,6 +18,7 @@
 
 mod lifecycle;
 mod ops;
+mod restore;
 
 pub use lifecycle::panics;
 
@@ -120,6 +121,10 @@ struct Mounted {
     retired: AtomicBool,
     /// A request on this mount panicked (logged once).
     panicked: AtomicBool,
+    /// Reopened after a takeover (see `restore`): the kernel holds numbers of inodes this
+    /// process never looked up, learnt by one walk of the image on the first unknown one.
+    restored: bool,
+    walked: AtomicBool,
 }
 
 /// Reads in one directory of an image: how many files, the last one, and whether the
@@ -229,6 +234,8 @@ pub struct AutoFs {
     /// What idle expiry, the negative TTL and the failure log measure time with (see the
     /// clock module): the real clock in the daemon, a manual one in tests.
     clock: Arc<dyn Clock>,
+    /// Where slots and placeholder numbers are recorded for a successor (see `restore`).
+    log: Mutex<Option<Arc<crate::handover::StateLog>>>,
     /// Images mounted and released (idle, outdated or early) since the start, for metrics.
     mounts_total: AtomicU64,
     expiries_total: AtomicU64,
@@ -299,6 +306,7 @@ impl AutoFs {
             }),
             mounting: Mutex::default(),
             clock,
+            log: Mutex::default(),
             mounts_total: AtomicU64::new(0),
             expiries_total: AtomicU64::new(0),
         })
@@ -407,6 +415,13 @@ impl crate::tree::Tree for AutoFs {
     }
     fn retune(&self, tuning: Tuning) {
         self.set_tuning(tuning);
+    }
+    fn record_to(&self, log: Arc<crate::handover::StateLog>) -> bool {
+        AutoFs::record_to(self, log);
+        true
+    }
+    async fn restore(&self, lines: &[String]) -> usize {
+        AutoFs::restore(self, lines).await
     }
     fn describe(&self) -> String {
         format!("{}/{}", self.store.describe(), self.config.prefix)

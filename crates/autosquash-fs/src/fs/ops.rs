@@ -133,7 +133,14 @@ impl AutoFs {
                     Some((_, attr)) => attr.ino,
                     None => {
                         let next = state.placeholders.len() as u64 + 2;
-                        *state.placeholders.entry(name.clone()).or_insert(next)
+                        match state.placeholders.get(name) {
+                            Some(&ino) => ino,
+                            None => {
+                                state.placeholders.insert(name.clone(), next);
+                                self.record(&super::restore::placeholder_line(name, next));
+                                next
+                            }
+                        }
                     }
                 };
                 let item = DirItem {

@@ -11,11 +11,14 @@ use anyhow::{Context, Result, bail};
 use autosquash_cache::{CachedStore, PipelineConfig};
 use autosquash_core::{BlockCache, CountingStore, DirStore, Store, StoreCounters};
 use autosquash_fs::fuse::{self, Mount, MountConfig};
+use autosquash_fs::handover::StateLog;
 use autosquash_fs::housekeeping::{self, Schedule};
 use autosquash_fs::tree::Tuning;
 use autosquash_fs::{AutoFs, FsConfig, ObjectConfig, ObjectFs, Tree};
 use clap::Args;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
@@ -207,6 +210,13 @@ pub struct Served {
 }
 
 impl Served {
+    /// Tells the service manager not to keep this mount's connection any longer.
+    fn release_kept(&self) {
+        let key = kept_key(&self.configured().mountpoint);
+        notify::remove_fds(&format!("fuse-{key}"));
+        notify::remove_fds(&format!("state-{key}"));
+    }
+
     fn configured(&self) -> MountSpec {
         self.configured
             .lock()
@@ -314,11 +324,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     let cache = BlockCache::new(settings.memory_limit);
     let mounts = Arc::new(Mounts::default());
+    let mut inherited = Inherited::take();
     let mut started = Vec::new();
     for spec in &settings.mounts {
-        let prepared = prepare_mount(spec, &settings, &cache, settings.wait_for_store).await?;
-        started.push(Arc::new(attach(prepared, spec)?));
+        let adopt = inherited.for_mount(&spec.mountpoint);
+        let prepared = prepare_mount(
+            spec,
+            &settings,
+            &cache,
+            settings.wait_for_store,
+            adopt.is_some(),
+        )
+        .await?;
+        started.push(Arc::new(attach(prepared, spec, adopt).await?));
     }
+    inherited.drop_rest();
     mounts.replace(started);
     let status = crate::cmd::status::listen(
         &settings.control_socket,
@@ -363,6 +383,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     for one in mounts.snapshot() {
         one.housekeeping.abort();
         info!(mountpoint = %one.spec.mountpoint.display(), "unmounting");
+        one.release_kept();
         if let Err(e) = one.mount.unmount() {
             result =
                 Err(e).with_context(|| format!("unmounting {}", one.spec.mountpoint.display()));
@@ -432,7 +453,7 @@ async fn reload(
         }
         // The new tree first (its store, its first listing): if that fails, the old mount
         // stays as it is.
-        let prepared = match prepare_mount(spec, &new, cache, false).await {
+        let prepared = match prepare_mount(spec, &new, cache, false, false).await {
             Ok(prepared) => prepared,
             Err(e) => {
                 error!(mountpoint = %spec.mountpoint.display(), error = %format!("{e:#}"), "reload: cannot make this mount; keeping what serves there");
@@ -447,7 +468,7 @@ async fn reload(
             next.push(m.clone());
             continue;
         }
-        match attach(prepared, spec) {
+        match attach(prepared, spec, None).await {
             Ok(m) => {
                 info!(mountpoint = %spec.mountpoint.display(), replaced = current.is_some(), "reload: mounted");
                 next.push(Arc::new(m));
@@ -479,6 +500,7 @@ async fn reload(
 /// Takes a mount off its mountpoint (what is open in it keeps working) and stops its
 /// housekeeping.
 fn retire(m: &Served) -> std::io::Result<()> {
+    m.release_kept();
     m.mount.detach()?;
     m.housekeeping.abort();
     Ok(())
@@ -501,8 +523,12 @@ async fn prepare_mount(
     settings: &Settings,
     cache: &Arc<BlockCache>,
     wait_for_store: bool,
+    adopting: bool,
 ) -> Result<Prepared> {
-    mountpoint::must_exist(&spec.mountpoint)?;
+    // A mount being taken over is alive and waits for us: a look at it would never return.
+    if !adopting {
+        mountpoint::must_exist(&spec.mountpoint)?;
+    }
     let source = image_source(&spec.source, &settings.s3).await?;
     let counting = CountingStore::new(source.store.clone());
     let counters = counting.counters.clone();
@@ -575,9 +601,28 @@ async fn prepare_mount(
     })
 }
 
-/// Mounts a prepared tree at the spec's mountpoint and starts its housekeeping.
-fn attach(prepared: Prepared, spec: &MountSpec) -> Result<Served> {
-    let mountpoint = mountpoint::prepare(&spec.mountpoint)?;
+/// Mounts a prepared tree at the spec's mountpoint, or takes over the mount a predecessor
+/// left there (`adopt`), and starts its housekeeping.
+async fn attach(prepared: Prepared, spec: &MountSpec, adopt: Option<Kept>) -> Result<Served> {
+    let (mountpoint, log, connection) = match adopt {
+        Some(kept) => {
+            let (log, lines) =
+                StateLog::adopt(kept.state).context("reading the predecessor's state")?;
+            let restored = prepared.tree.restore(&lines).await;
+            info!(mountpoint = %spec.mountpoint.display(), restored, "taking over the mount a predecessor served");
+            (
+                mountpoint::resolve_without_entering(&spec.mountpoint)?,
+                log,
+                Some(kept.connection),
+            )
+        }
+        None => (
+            mountpoint::prepare(&spec.mountpoint)?,
+            StateLog::create(&spec.mountpoint.display().to_string())?,
+            None,
+        ),
+    };
+    let log = Arc::new(log);
     let Prepared {
         tree,
         counters,
@@ -594,6 +639,7 @@ fn attach(prepared: Prepared, spec: &MountSpec) -> Result<Served> {
             allow_other: spec.allow_other,
         },
         tokio::runtime::Handle::current(),
+        connection,
     )
     .with_context(|| {
         format!(
@@ -603,6 +649,19 @@ fn attach(prepared: Prepared, spec: &MountSpec) -> Result<Served> {
         )
     })?;
     info!(source = %tree.describe(), mountpoint = %mountpoint.display(), "serving");
+    let key = kept_key(&spec.mountpoint);
+    if let Some(connection) = mount.connection()
+        && notify::has_manager()
+        && tree.record_to(log.clone())
+    {
+        let kept = log.fd().and_then(|state| {
+            notify::store_fds(&format!("state-{key}"), &[state.as_fd()])?;
+            notify::store_fds(&format!("fuse-{key}"), &[connection])
+        });
+        if let Err(e) = kept {
+            warn!(mountpoint = %mountpoint.display(), error = %e, "cannot give the connection to the service manager; a crash will unmount");
+        }
+    }
     let invalidator = mount.invalidator();
     let (schedule, schedule_rx) = watch::channel(schedule_of(spec));
     let housekeeping = tokio::spawn(housekeeping::run(
@@ -639,4 +698,57 @@ async fn notify(invalidate: &fuse::Invalidator, what: Vec<autosquash_fs::tree::I
     }
     let invalidate = invalidate.clone();
     let _ = tokio::task::spawn_blocking(move || invalidate.apply(&what)).await;
+}
+
+/// What a predecessor left with the service manager for one mount.
+struct Kept {
+    connection: OwnedFd,
+    state: OwnedFd,
+}
+
+/// The descriptors passed on at startup (`LISTEN_FDS`), named `fuse-KEY` and `state-KEY` by
+/// the mountpoint's [`kept_key`].
+struct Inherited(HashMap<String, OwnedFd>);
+
+impl Inherited {
+    fn take() -> Self {
+        Self(notify::take_listen_fds().into_iter().collect())
+    }
+
+    /// The connection and state of the mount at `mountpoint`, if both were kept.
+    fn for_mount(&mut self, mountpoint: &Path) -> Option<Kept> {
+        let key = kept_key(mountpoint);
+        let connection = self.0.remove(&format!("fuse-{key}"));
+        let state = self.0.remove(&format!("state-{key}"));
+        Some(Kept {
+            connection: connection?,
+            state: state?,
+        })
+    }
+
+    /// Mounts no longer configured: their connections are let go (the kernel then ends them).
+    fn drop_rest(self) {
+        for name in self.0.keys() {
+            warn!(
+                name,
+                "a kept connection for a mount no longer configured; letting it go"
+            );
+            notify::remove_fds(name);
+        }
+    }
+}
+
+/// A mountpoint's name in the file descriptor store: a hash of the path as configured (FDNAME
+/// allows neither every byte of a path nor more than 255 of them).
+fn kept_key(mountpoint: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = mountpoint
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{hash:016x}")
 }

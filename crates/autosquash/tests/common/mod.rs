@@ -161,6 +161,19 @@ impl Daemon {
             .unwrap();
     }
 
+    /// The process that answers the mount's requests: the supervisor's child where there is
+    /// one (started as root without a service manager), else the daemon itself.
+    pub fn serving_pid(&self) -> u32 {
+        let pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(pid)
+    }
+
     /// SIGTERM, then waits for a clean exit and unmount.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal("TERM");
