@@ -612,17 +612,20 @@ async fn attach(prepared: Prepared, spec: &MountSpec, adopt: Option<Kept>) -> Re
             info!(mountpoint = %spec.mountpoint.display(), restored, "taking over the mount a predecessor served");
             (
                 mountpoint::resolve_without_entering(&spec.mountpoint)?,
-                log,
+                Ok(log),
                 Some(kept.connection),
             )
         }
-        None => (
-            mountpoint::prepare(&spec.mountpoint)?,
-            StateLog::create(&spec.mountpoint.display().to_string())?,
-            None,
-        ),
+        None => {
+            let log = StateLog::create(&spec.mountpoint.display().to_string());
+            (mountpoint::prepare(&spec.mountpoint)?, log, None)
+        }
     };
-    let log = Arc::new(log);
+    // Without a log the mount works, but does not survive the death of this process.
+    let log = log
+        .map_err(|e| warn!(mountpoint = %spec.mountpoint.display(), error = %e, "no state log; a crash will unmount"))
+        .ok()
+        .map(Arc::new);
     let Prepared {
         tree,
         counters,
@@ -650,7 +653,7 @@ async fn attach(prepared: Prepared, spec: &MountSpec, adopt: Option<Kept>) -> Re
     })?;
     info!(source = %tree.describe(), mountpoint = %mountpoint.display(), "serving");
     let key = kept_key(&spec.mountpoint);
-    if let Some(connection) = mount.connection()
+    if let (Some(connection), Some(log)) = (mount.connection(), log)
         && notify::has_manager()
         && tree.record_to(log.clone())
     {
