@@ -142,7 +142,13 @@ fn receive(socket: &UnixDatagram, store: &mut BTreeMap<String, Vec<OwnedFd>>) ->
 /// `$NOTIFY_SOCKET`, the stored descriptors from 3 on. It dies with the supervisor.
 #[allow(unsafe_code)]
 fn spawn(socket: &str, store: &BTreeMap<String, Vec<OwnedFd>>) -> std::io::Result<Child> {
+    // After a package upgrade the running program's file is gone ("... (deleted)"): the new
+    // one at the same path is started.
     let exe = std::env::current_exe()?;
+    let exe = match exe.to_str().and_then(|e| e.strip_suffix(" (deleted)")) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => exe,
+    };
     let mut names = Vec::new();
     let mut raw = Vec::new();
     for (name, fds) in store {

@@ -247,6 +247,55 @@ fn a_killed_daemon_is_replaced_on_the_same_mountpoint() {
     assert!(restarted.stop().success());
 }
 
+/// A reader looping over a file of a mount, in a thread: fresh opens and reads at moving
+/// offsets, so lookups and reads reach the daemon; failures, wrong bytes and the longest
+/// read are counted.
+struct Reader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64, u64, Duration)>,
+}
+
+impl Reader {
+    fn start(file: PathBuf, data: Vec<u8>) -> Reader {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut reads, mut failed, mut wrong, mut longest) = (0, 0, 0, Duration::ZERO);
+            let mut buf = vec![0u8; 64 << 10];
+            let mut offset = 0u64;
+            while !stopping.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let got = std::fs::File::open(&file).and_then(|mut f| {
+                    f.seek(SeekFrom::Start(offset))?;
+                    f.read(&mut buf)
+                });
+                match got {
+                    Ok(n) if buf[..n] == data[offset as usize..offset as usize + n] => {}
+                    Ok(_) => wrong += 1,
+                    Err(_) => failed += 1,
+                }
+                longest = longest.max(started.elapsed());
+                reads += 1;
+                offset = (offset + 40_961) % (data.len() as u64 - buf.len() as u64);
+            }
+            (reads, failed, wrong, longest)
+        });
+        Reader { stop, thread }
+    }
+
+    /// Stops the reader and checks that nothing failed; returns the reads and the longest.
+    fn finish(self) -> (u64, Duration) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (reads, failed, wrong, longest) = self.thread.join().unwrap();
+        eprintln!("{reads} reads, longest {longest:?}");
+        assert!(reads > 10, "{reads} reads");
+        assert_eq!(failed, 0, "reads failed");
+        assert_eq!(wrong, 0, "reads got wrong bytes");
+        (reads, longest)
+    }
+}
+
 /// kill -9 of the process that serves, twice, while a reader loops over a file, a process
 /// has its working directory in the image and a file is held open: the supervisor keeps the
 /// connection, a new process takes it over, and nobody sees an error or a wrong byte.
@@ -256,8 +305,6 @@ fn a_killed_daemon_is_replaced_on_the_same_mountpoint() {
     ignore = "root-tests ring, needs root: sudo bash tests/run"
 )]
 fn a_killed_serving_process_is_taken_over_without_a_failed_read() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let (_dir, source, mnt) = setup();
     let data = put_image(&source, "img", 5);
     let daemon = Daemon::start(&source, &mnt, &[]);
@@ -268,44 +315,7 @@ fn a_killed_serving_process_is_taken_over_without_a_failed_read() {
         .current_dir(mnt.join("img"))
         .spawn()
         .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (reads, failed, wrong, longest_ms) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let reader = {
-        let (stop, reads, failed, wrong, longest_ms) = (
-            stop.clone(),
-            reads.clone(),
-            failed.clone(),
-            wrong.clone(),
-            longest_ms.clone(),
-        );
-        let (file, data) = (file.clone(), data.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 << 10];
-            let mut offset = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let started = std::time::Instant::now();
-                // A fresh open and a read at a moving offset: lookups and reads reach the
-                // daemon even with the page cache warm (the cache is dropped below too).
-                let got = std::fs::File::open(&file).and_then(|mut f| {
-                    f.seek(SeekFrom::Start(offset))?;
-                    f.read(&mut buf)
-                });
-                match got {
-                    Ok(n) if buf[..n] == data[offset as usize..offset as usize + n] => {}
-                    Ok(_) => drop(wrong.fetch_add(1, Ordering::Relaxed)),
-                    Err(_) => drop(failed.fetch_add(1, Ordering::Relaxed)),
-                }
-                longest_ms.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                reads.fetch_add(1, Ordering::Relaxed);
-                offset = (offset + 40_961) % (data.len() as u64 - buf.len() as u64);
-            }
-        })
-    };
+    let reader = Reader::start(file, data.clone());
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(300));
         let before = daemon.serving_pid();
@@ -322,8 +332,7 @@ fn a_killed_serving_process_is_taken_over_without_a_failed_read() {
         });
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    reader.join().unwrap();
+    reader.finish();
     let mut again = Vec::new();
     held.read_to_end(&mut again).unwrap();
     assert!(again == data, "the file held open reads other bytes");
@@ -335,16 +344,71 @@ fn a_killed_serving_process_is_taken_over_without_a_failed_read() {
     assert_eq!(cwd, 2, "the working directory in the image is not listed");
     let _ = in_image.kill();
     let _ = in_image.wait();
-    eprintln!(
-        "{} reads, longest {} ms",
-        reads.load(Ordering::Relaxed),
-        longest_ms.load(Ordering::Relaxed)
-    );
-    assert!(reads.load(Ordering::Relaxed) > 10);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "reads failed");
-    assert_eq!(wrong.load(Ordering::Relaxed), 0, "reads got wrong bytes");
     let log = daemon.log_text();
     assert!(log.contains("taking over the mount"), "{log}");
+    assert!(daemon.stop().success());
+}
+
+/// A package upgrade: the program's file is replaced, then `systemctl reload` (SIGHUP) makes
+/// the serving process exec the new program, which takes the mounts over: same pid, no
+/// failed read, the open file and the working directory go on.
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
+fn a_reload_after_an_upgrade_hands_the_mounts_to_the_new_program() {
+    let (dir, source, mnt) = setup();
+    let data = put_image(&source, "img", 6);
+    let program = dir.path().join("autosquash");
+    std::fs::copy(env!("CARGO_BIN_EXE_autosquash"), &program).unwrap();
+    let mut daemon = Daemon::spawn_program(&program, &source, &mnt);
+    wait_for(Duration::from_secs(20), "the mount", || is_mounted(&mnt));
+    let file = mnt.join("img/data.bin");
+    let mut held = std::fs::File::open(&file).unwrap();
+    let mut in_image = Command::new("sleep")
+        .arg("60")
+        .current_dir(mnt.join("img"))
+        .spawn()
+        .unwrap();
+    let reader = Reader::start(file, data.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let serving = daemon.serving_pid();
+    // What dpkg does: the new file is written beside and renamed over the old one.
+    let new = dir.path().join("autosquash.new");
+    std::fs::copy(env!("CARGO_BIN_EXE_autosquash"), &new).unwrap();
+    std::fs::rename(&new, &program).unwrap();
+    let exe = || std::fs::read_link(format!("/proc/{serving}/exe")).unwrap();
+    assert!(exe().to_string_lossy().ends_with(" (deleted)"));
+    daemon.signal("HUP");
+    wait_for(
+        Duration::from_secs(10),
+        "the new program to take over",
+        || {
+            daemon.log_text().matches("taking over the mount").count() == 1
+                && daemon.log_text().contains("handing the mounts over")
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    reader.finish();
+    assert_eq!(daemon.serving_pid(), serving, "not the same process");
+    assert!(
+        !exe().to_string_lossy().ends_with(" (deleted)"),
+        "still the old program"
+    );
+    let mut again = Vec::new();
+    held.read_to_end(&mut again).unwrap();
+    assert!(again == data, "the file held open reads other bytes");
+    drop(held);
+    assert_eq!(
+        std::fs::read_dir(format!("/proc/{}/cwd", in_image.id()))
+            .unwrap()
+            .count(),
+        2
+    );
+    let _ = in_image.kill();
+    let _ = in_image.wait();
+    assert!(daemon.child.try_wait().unwrap().is_none());
     assert!(daemon.stop().success());
 }
 

@@ -17,7 +17,7 @@ use autosquash_fs::tree::Tuning;
 use autosquash_fs::{AutoFs, FsConfig, ObjectConfig, ObjectFs, Tree};
 use clap::Args;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,6 +205,8 @@ pub struct Served {
     configured: std::sync::Mutex<MountSpec>,
     made_with: StoreSettings,
     mount: Mount,
+    /// What the kernel references, for a successor (see autosquash-fs's handover module).
+    log: Option<Arc<StateLog>>,
     housekeeping: tokio::task::JoinHandle<()>,
     schedule: watch::Sender<Schedule>,
 }
@@ -366,6 +368,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
                 notify::reloading();
+                if let Some(program) = upgraded_program() {
+                    // Only returns if the new program could not be started.
+                    let e = hand_over_to(&program, &mounts);
+                    error!(program = %program.display(), error = %e, "cannot start the upgraded program; this one goes on");
+                }
                 reload(&args, &mut settings, &mounts, &cache).await;
                 notify::ready(&serving(&mounts));
             }
@@ -653,9 +660,11 @@ async fn attach(prepared: Prepared, spec: &MountSpec, adopt: Option<Kept>) -> Re
     })?;
     info!(source = %tree.describe(), mountpoint = %mountpoint.display(), "serving");
     let key = kept_key(&spec.mountpoint);
-    if let (Some(connection), Some(log)) = (mount.connection(), log)
+    // Recorded whenever the connection is ours: a holder keeps it after a crash, and an
+    // upgrade passes it on (see `hand_over_to`).
+    let log = log.filter(|log| mount.connection().is_some() && tree.record_to(log.clone()));
+    if let (Some(connection), Some(log)) = (mount.connection(), &log)
         && notify::has_manager()
-        && tree.record_to(log.clone())
     {
         let kept = log.fd().and_then(|state| {
             notify::store_fds(&format!("state-{key}"), &[state.as_fd()])?;
@@ -689,6 +698,7 @@ async fn attach(prepared: Prepared, spec: &MountSpec, adopt: Option<Kept>) -> Re
         configured: std::sync::Mutex::new(spec.clone()),
         made_with,
         mount,
+        log,
         housekeeping,
         schedule,
     })
@@ -703,6 +713,53 @@ async fn notify(invalidate: &fuse::Invalidator, what: Vec<autosquash_fs::tree::I
     let _ = tokio::task::spawn_blocking(move || invalidate.apply(&what)).await;
 }
 
+/// The program's file at its path, if it was replaced since this process started (a package
+/// upgrade): a reload then hands the mounts over to it.
+fn upgraded_program() -> Option<PathBuf> {
+    let exe = std::fs::read_link("/proc/self/exe").ok()?;
+    let path = exe.to_str()?.strip_suffix(" (deleted)")?;
+    Path::new(path).is_file().then(|| PathBuf::from(path))
+}
+
+/// Replaces this process by `program` (same pid, same arguments), which takes every mount
+/// over as after a crash: the connections and state logs are passed open, named in
+/// `AUTOSQUASH_FDS`, and requests this process had read are resent by the kernel at the
+/// successor's request. A mount that cannot be handed on (the object view) ends, and the
+/// successor replaces it. Returns only on failure.
+#[allow(unsafe_code)]
+fn hand_over_to(program: &Path, mounts: &Mounts) -> std::io::Error {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut passed: Vec<(String, OwnedFd)> = Vec::new();
+    for one in mounts.snapshot() {
+        let key = kept_key(&one.configured().mountpoint);
+        let (Some(connection), Some(log)) = (one.mount.connection(), one.log.as_ref()) else {
+            warn!(mountpoint = %one.spec.mountpoint.display(), "this mount cannot be handed over; it ends with the upgrade");
+            continue;
+        };
+        match (connection.try_clone_to_owned(), log.fd()) {
+            (Ok(c), Ok(l)) => {
+                passed.push((format!("fuse-{key}"), c));
+                passed.push((format!("state-{key}"), l));
+            }
+            (Err(e), _) | (_, Err(e)) => return e,
+        }
+    }
+    let named: Vec<String> = passed
+        .iter()
+        .map(|(name, fd)| {
+            // SAFETY: a descriptor this process owns; it is to stay open across exec.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) };
+            format!("{name}={}", fd.as_raw_fd())
+        })
+        .collect();
+    info!(program = %program.display(), mounts = passed.len() / 2, "upgraded: handing the mounts over to the new program");
+    std::process::Command::new(program)
+        .args(std::env::args_os().skip(1))
+        .env("AUTOSQUASH_FDS", named.join(","))
+        .exec()
+}
+
 /// What a predecessor left with the service manager for one mount.
 struct Kept {
     connection: OwnedFd,
@@ -714,8 +771,27 @@ struct Kept {
 struct Inherited(HashMap<String, OwnedFd>);
 
 impl Inherited {
+    /// From the service manager (`LISTEN_FDS`), or from the program this one replaced
+    /// (`AUTOSQUASH_FDS`, see [`hand_over_to`]).
+    #[allow(unsafe_code)]
     fn take() -> Self {
-        Self(notify::take_listen_fds().into_iter().collect())
+        let mut all: HashMap<String, OwnedFd> = notify::take_listen_fds().into_iter().collect();
+        if let Some(named) = std::env::var_os("AUTOSQUASH_FDS") {
+            // SAFETY of remove_var: at startup, before other threads read the environment.
+            unsafe { std::env::remove_var("AUTOSQUASH_FDS") };
+            for one in named.to_string_lossy().split(',') {
+                let Some((name, fd)) = one.split_once('=') else {
+                    continue;
+                };
+                let Ok(fd) = fd.parse::<i32>() else { continue };
+                // SAFETY: the predecessor left this descriptor open for us, and names it once;
+                // fcntl checks that it is open before it is owned.
+                if fd > 2 && unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0 {
+                    all.insert(name.to_owned(), unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        Self(all)
     }
 
     /// The connection and state of the mount at `mountpoint`, if both were kept.

@@ -58,20 +58,46 @@ impl Daemon {
             mountpoint.as_os_str(),
         ];
         args.extend(extra.iter().map(OsStr::new));
-        Self::launch(&args, mountpoint, env)
+        Self::launch(
+            env!("CARGO_BIN_EXE_autosquash").as_ref(),
+            &args,
+            mountpoint,
+            env,
+        )
+    }
+
+    /// [`Daemon::spawn`] of another copy of the program.
+    pub fn spawn_program(program: &Path, source: &Path, mountpoint: &Path) -> Daemon {
+        let args = [
+            "--source".as_ref(),
+            source.as_os_str(),
+            "--mountpoint".as_ref(),
+            mountpoint.as_os_str(),
+        ];
+        Self::launch(program, &args, mountpoint, &[])
     }
 
     /// Starts `autosquash serve --config CONFIG`; the log, control socket and cache are
     /// named after `mountpoint`, as for [`Daemon::spawn`].
     pub fn spawn_with_config(config: &Path, mountpoint: &Path, env: &[(&str, String)]) -> Daemon {
-        Self::launch(&["--config".as_ref(), config.as_os_str()], mountpoint, env)
+        Self::launch(
+            env!("CARGO_BIN_EXE_autosquash").as_ref(),
+            &["--config".as_ref(), config.as_os_str()],
+            mountpoint,
+            env,
+        )
     }
 
-    fn launch(args: &[&OsStr], mountpoint: &Path, env: &[(&str, String)]) -> Daemon {
+    fn launch(
+        program: &Path,
+        args: &[&OsStr],
+        mountpoint: &Path,
+        env: &[(&str, String)],
+    ) -> Daemon {
         autosquash_testkit::rings::require_root("a daemon's FUSE mount (allow_other, setpriv)");
         static RUN: AtomicU32 = AtomicU32::new(0);
         let log = mountpoint.with_extension(format!("log{}", RUN.fetch_add(1, Ordering::Relaxed)));
-        let child = Command::new(env!("CARGO_BIN_EXE_autosquash"))
+        let child = Command::new(program)
             .arg("serve")
             .args(args)
             .arg("--control-socket")

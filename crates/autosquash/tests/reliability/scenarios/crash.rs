@@ -80,7 +80,10 @@ pub fn run(scale: Scale, out: &mut Outcome) {
             across.error_summary()
         ),
     );
-    out.check(mounts_at(&mnt) == 1, "one mount, the same one, after the kills");
+    out.check(
+        mounts_at(&mnt) == 1,
+        "one mount, the same one, after the kills",
+    );
 
     // The whole daemon dies (nothing holds the connection): a restart replaces the dead mount.
     let mut old = served.daemon;
@@ -123,7 +126,10 @@ pub fn run(scale: Scale, out: &mut Outcome) {
             during.wrong()
         ),
     );
-    out.figure("a dead mount was left behind by kill -9 of the daemon", stale);
+    out.figure(
+        "a dead mount was left behind by kill -9 of the daemon",
+        stale,
+    );
     out.figure(
         "kill of the daemon to first right read (0.5 s before the restart)",
         back.map_or("never".into(), |b| {
@@ -131,7 +137,10 @@ pub fn run(scale: Scale, out: &mut Outcome) {
         }),
     );
     out.figure("reads after the restart", after.line());
-    out.check(during.wrong() == 0, "no wrong bytes around the daemon's death");
+    out.check(
+        during.wrong() == 0,
+        "no wrong bytes around the daemon's death",
+    );
     out.check(
         back.is_some_and(|b| b < Duration::from_secs(5)),
         "the mount works again within 5 s of the restart",
