@@ -492,6 +492,47 @@ else
   fail "playbook, second run"
 fi
 
+# --- 6b. a package upgrade under load -------------------------------------------------------
+# A newer build (revision 2) installed with dpkg -i while a reader loops over a file, a
+# process has its working directory in the image and a file is held open; then the reload
+# that postinst asks systemd for (ExecReload= sends SIGHUP; CI has no systemd as PID 1, so
+# it is sent here): the daemon execs the new binary, which takes the mounts over.
+serving_pid() { awk '{print $1}' "/proc/$daemon_pid/task/$daemon_pid/children" 2>/dev/null; }
+if newer=$(DEB_REVISION=2 bash packaging/build-deb.sh 2>>"$work/build.log" | tail -1) && [[ -f $newer ]]; then
+  before=$(serving_pid)
+  exec 7<"$mnt/$image/share/doc/numbers.txt"
+  (cd "$mnt/$image" && exec sleep 60) &
+  cwd_pid=$!
+  : >"$work/upgrade-reads"
+  (
+    end=$((SECONDS + 6))
+    while ((SECONDS < end)); do
+      # From the daemon, not the page cache.
+      echo 1 >/proc/sys/vm/drop_caches 2>/dev/null
+      if cmp -s "$tree/share/doc/numbers.txt" "$mnt/$image/share/doc/numbers.txt"; then echo ok; else echo failed; fi
+    done >"$work/upgrade-reads"
+  ) &
+  reader_pid=$!
+  sleep 1
+  dpkg -i "$newer" >"$work/upgrade.log" 2>&1 || indent <"$work/upgrade.log"
+  kill -HUP "$daemon_pid"
+  wait "$reader_pid"
+  after=$(serving_pid)
+  check "upgrade: dpkg -i of revision 2 while serving" \
+    bash -c "[[ \$(dpkg-query -W -f '\${Version}' autosquash) == *-2 ]]"
+  check "upgrade: the reload handed the mounts to the new binary in the same process" \
+    bash -c "[[ -n '$before' && '$before' == '$after' ]] && grep -q 'handing the mounts over' '$work/daemon.log' && ! readlink /proc/$after/exe | grep -q deleted"
+  check "upgrade: $(grep -c ok "$work/upgrade-reads") reads across it, none failed" \
+    bash -c "grep -q ok '$work/upgrade-reads' && ! grep -q failed '$work/upgrade-reads'"
+  check "upgrade: the file held open reads on" cmp -s "$tree/share/doc/numbers.txt" /dev/fd/7
+  check "upgrade: the working directory in the image is listed" ls "/proc/$cwd_pid/cwd/hello.txt"
+  kill "$cwd_pid" 2>/dev/null
+  wait "$cwd_pid" 2>/dev/null
+  exec 7<&-
+else
+  fail "build revision 2 of the package for the upgrade test"
+fi
+
 # --- 7. stopping --------------------------------------------------------------------------
 stop_daemon
 check "SIGTERM: the daemon exits with status 0" test "$daemon_status" = 0
