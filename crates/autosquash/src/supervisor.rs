@@ -17,9 +17,9 @@
 use crate::notify::recv_with_fds;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -49,11 +49,16 @@ pub fn run() -> ExitCode {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
     }
-    let name = format!("autosquash-supervisor-{}", std::process::id());
-    let socket = match SocketAddr::from_abstract_name(name.as_bytes())
-        .and_then(|addr| UnixDatagram::bind_addr(&addr))
-    {
-        Ok(s) => s,
+    // A socket in a directory only root can enter (an abstract socket would take descriptors
+    // from anyone on the machine and hand them to the next child as its mounts).
+    let (_dir, socket) = match tempfile::Builder::new()
+        .prefix("autosquash-supervisor.")
+        .tempdir()
+        .and_then(|dir| {
+            let socket = UnixDatagram::bind(dir.path().join("notify"))?;
+            Ok((dir, socket))
+        }) {
+        Ok(made) => made,
         Err(e) => {
             error!(error = %e, "cannot make the supervisor's socket");
             return ExitCode::FAILURE;
@@ -67,7 +72,15 @@ pub fn run() -> ExitCode {
     let mut quick_deaths = 0u32;
     loop {
         let started = Instant::now();
-        let mut child = match spawn(&name, &store) {
+        let path = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+        let Some(path) = path else {
+            error!("the supervisor's socket has no path");
+            return ExitCode::FAILURE;
+        };
+        let mut child = match spawn(&path, &store) {
             Ok(child) => child,
             Err(e) => {
                 error!(error = %e, "cannot start the serving process");
@@ -141,7 +154,7 @@ fn receive(socket: &UnixDatagram, store: &mut BTreeMap<String, Vec<OwnedFd>>) ->
 /// Starts the serving process: this program with the same arguments, the supervisor in
 /// `$NOTIFY_SOCKET`, the stored descriptors from 3 on. It dies with the supervisor.
 #[allow(unsafe_code)]
-fn spawn(socket: &str, store: &BTreeMap<String, Vec<OwnedFd>>) -> std::io::Result<Child> {
+fn spawn(socket: &Path, store: &BTreeMap<String, Vec<OwnedFd>>) -> std::io::Result<Child> {
     // After a package upgrade the running program's file is gone ("... (deleted)"): the new
     // one at the same path is started.
     let exe = std::env::current_exe()?;
@@ -160,7 +173,7 @@ fn spawn(socket: &str, store: &BTreeMap<String, Vec<OwnedFd>>) -> std::io::Resul
     let mut command = Command::new(exe);
     command
         .args(std::env::args_os().skip(1))
-        .env("NOTIFY_SOCKET", format!("@{socket}"));
+        .env("NOTIFY_SOCKET", socket);
     if !raw.is_empty() {
         command
             .env("LISTEN_FDS", raw.len().to_string())
