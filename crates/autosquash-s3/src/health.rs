@@ -20,11 +20,14 @@ pub struct Health {
 
 #[derive(Default)]
 struct State {
-    /// When the store last failed to answer; `None` while it answers.
-    failed_at: Option<Instant>,
-    /// When it last answered: a request that started before that and timed out afterwards
-    /// (it was sent during an outage now over) says nothing about the store now.
-    answered_at: Option<Instant>,
+    /// When the store last failed to answer, and when the request that found it out was
+    /// sent; `None` while it answers.
+    failed: Option<(Instant, Instant)>,
+    /// When the latest request that got an answer was sent. Times of sending, not of
+    /// answering, are compared: a request sent before an outage may be answered well into
+    /// it, which says nothing about the store now, while a request sent after another one
+    /// and answered shows that the other's timeout is over.
+    answered_sent: Option<Instant>,
 }
 
 impl Health {
@@ -34,29 +37,34 @@ impl Health {
 
     /// False right after the store failed to answer: fail without asking it.
     pub fn admit(&self) -> bool {
-        self.state().failed_at.is_none_or(|t| t.elapsed() >= HOLD)
+        self.state()
+            .failed
+            .is_none_or(|(at, _)| at.elapsed() >= HOLD)
     }
 
     /// A request sent at `started` got no answer (timeout, connection refused or reset).
     pub fn unreachable(&self, started: Instant) {
         let mut s = self.state();
-        if s.answered_at.is_some_and(|t| t > started) {
+        if s.answered_sent.is_some_and(|t| t > started) {
             return;
         }
-        if s.failed_at.is_none() {
+        if s.failed.is_none() {
             warn!(
                 "the store is not answering; reads of uncached data fail (at once for {HOLD:?} \
                  after each timeout) until it does"
             );
         }
-        s.failed_at = Some(Instant::now());
+        let sent = s.failed.map_or(started, |(_, sent)| sent.max(started));
+        s.failed = Some((Instant::now(), sent));
     }
 
-    /// The store answered (with data or a definite error).
-    pub fn answered(&self) {
+    /// A request sent at `started` got an answer (data or a definite error).
+    pub fn answered(&self, started: Instant) {
         let mut s = self.state();
-        s.answered_at = Some(Instant::now());
-        if s.failed_at.take().is_some() {
+        s.answered_sent = Some(s.answered_sent.map_or(started, |t| t.max(started)));
+        // Only an answer to a request sent after the one that timed out ends the outage.
+        if s.failed.is_some_and(|(_, sent)| started >= sent) {
+            s.failed = None;
             info!("the store is answering again");
         }
     }
@@ -77,11 +85,32 @@ mod tests {
         let sent_during_the_outage = Instant::now();
         h.unreachable(sent_during_the_outage);
         assert!(!h.admit());
-        h.answered();
+        h.answered(Instant::now());
         assert!(h.admit(), "an answer clears it");
         // Regression: a request sent before the store came back timed out afterwards and
         // made every read fail again for a moment.
         h.unreachable(sent_during_the_outage);
         assert!(h.admit(), "an older request's timeout does not count");
+    }
+
+    /// Regression (a read waited two timeouts in the outage scenario): a request sent before
+    /// the outage and answered during it cancelled the timeout of one sent during it, so the
+    /// next read was let through to wait a full timeout again.
+    #[test]
+    fn a_late_answer_to_an_older_request_does_not_end_the_outage() {
+        let h = Health::default();
+        let sent_before_the_outage = Instant::now();
+        std::thread::sleep(Duration::from_millis(5));
+        let sent_during_the_outage = Instant::now();
+        h.answered(sent_before_the_outage);
+        h.unreachable(sent_during_the_outage);
+        assert!(!h.admit(), "the timeout counts");
+        h.answered(sent_before_the_outage);
+        assert!(
+            !h.admit(),
+            "an older request's answer does not end the outage"
+        );
+        h.answered(Instant::now());
+        assert!(h.admit(), "a newer request's answer does");
     }
 }

@@ -302,7 +302,7 @@ impl S3Store {
         started: tokio::time::Instant,
     ) -> Error {
         if let SdkError::ServiceError(service) = &err {
-            self.health.answered();
+            self.health.answered(started);
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or("");
             let message = service.err().message().unwrap_or("");
@@ -418,7 +418,7 @@ impl Store for S3Store {
             };
             match result {
                 Ok(data) => {
-                    self.health.answered();
+                    self.health.answered(started);
                     return Ok(data);
                 }
                 Err(Attempt::Retry(e)) if attempt < BODY_ATTEMPTS => {
