@@ -2,11 +2,15 @@
 //! image lifecycle (mount on lookup, idle expiry, version changes) and the inode mapping.
 //! `fs` (images) and `objects` (the plain object view) hold the logic with their own types,
 //! behind the `Tree` trait; `fuse` is the only module that speaks FUSE; `clock` is the time
-//! the image lifecycle runs on (injected, so tests move it instead of sleeping);
+//! the image lifecycle runs on (injected, so tests move it instead of sleeping); `handover`
+//! keeps a mount's connection for a successor (own mount(2), takeover, resend, state log);
 //! `housekeeping` retires idle images and lists the source again (on tokio's clock).
 //!
 //! # Threads
-//! - **FUSE threads**, one per CPU (at least 2), each reading its own cloned `/dev/fuse` fd.
+//! - **FUSE threads**, one per CPU (at least 2). As root they all read the one `/dev/fuse`
+//!   connection, which `handover` keeps alive across the death of the process (a cloned fd
+//!   per thread would have its unanswered requests failed when it closes); through
+//!   fusermount3 (not root) each reads its own cloned fd.
 //!   A request is worked on right there as far as it goes without waiting: lookups, attributes,
 //!   listings and xattrs from memory, reads whose blocks are cached or whose bytes are in the
 //!   page cache (a local image; the disk cache). Decompression therefore runs on these

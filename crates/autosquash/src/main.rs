@@ -1,4 +1,9 @@
 //! The `autosquash` command line.
+//!
+//! `serve` as root without a service manager runs as two processes: the supervisor (this
+//! program's first process, one thread, see `supervisor`) and the daemon it starts, which
+//! has the tokio runtime and the FUSE threads (see autosquash-fs). Every other command is one
+//! process.
 
 mod cmd;
 mod config;
