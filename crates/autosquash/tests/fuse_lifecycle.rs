@@ -296,6 +296,49 @@ impl Reader {
     }
 }
 
+/// What runs on a mount while its serving process changes: a [`Reader`] on `data.bin`, a
+/// file held open and a process whose working directory is the image.
+struct Users {
+    reader: Reader,
+    held: std::fs::File,
+    in_image: std::process::Child,
+    data: Vec<u8>,
+}
+
+impl Users {
+    fn start(image: &Path, data: Vec<u8>) -> Users {
+        let file = image.join("data.bin");
+        Users {
+            held: std::fs::File::open(&file).unwrap(),
+            in_image: Command::new("sleep")
+                .arg("60")
+                .current_dir(image)
+                .spawn()
+                .unwrap(),
+            reader: Reader::start(file, data.clone()),
+            data,
+        }
+    }
+
+    /// Checks that none of them noticed anything, and ends them.
+    fn finish(mut self) {
+        self.reader.finish();
+        let mut again = Vec::new();
+        self.held.read_to_end(&mut again).unwrap();
+        assert!(again == self.data, "the file held open reads other bytes");
+        let listed = std::fs::read_dir(format!("/proc/{}/cwd", self.in_image.id()))
+            .unwrap()
+            .count();
+        assert_eq!(
+            listed, 2,
+            "the working directory in the image is not listed"
+        );
+        let _ = self.in_image.kill();
+        let _ = self.in_image.wait();
+        // Dropped here: a stop waits for open files to close, like any unmount.
+    }
+}
+
 /// kill -9 of the process that serves, twice, while a reader loops over a file, a process
 /// has its working directory in the image and a file is held open: the supervisor keeps the
 /// connection, a new process takes it over, and nobody sees an error or a wrong byte.
@@ -308,14 +351,7 @@ fn a_killed_serving_process_is_taken_over_without_a_failed_read() {
     let (_dir, source, mnt) = setup();
     let data = put_image(&source, "img", 5);
     let daemon = Daemon::start(&source, &mnt, &[]);
-    let file = mnt.join("img/data.bin");
-    let mut held = std::fs::File::open(&file).unwrap();
-    let mut in_image = Command::new("sleep")
-        .arg("60")
-        .current_dir(mnt.join("img"))
-        .spawn()
-        .unwrap();
-    let reader = Reader::start(file, data.clone());
+    let users = Users::start(&mnt.join("img"), data);
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(300));
         let before = daemon.serving_pid();
@@ -332,18 +368,7 @@ fn a_killed_serving_process_is_taken_over_without_a_failed_read() {
         });
     }
     std::thread::sleep(Duration::from_millis(500));
-    reader.finish();
-    let mut again = Vec::new();
-    held.read_to_end(&mut again).unwrap();
-    assert!(again == data, "the file held open reads other bytes");
-    // A stop waits for open files to close, like any unmount.
-    drop(held);
-    let cwd = std::fs::read_dir(format!("/proc/{}/cwd", in_image.id()))
-        .unwrap()
-        .count();
-    assert_eq!(cwd, 2, "the working directory in the image is not listed");
-    let _ = in_image.kill();
-    let _ = in_image.wait();
+    users.finish();
     let log = daemon.log_text();
     assert!(log.contains("taking over the mount"), "{log}");
     assert!(daemon.stop().success());
@@ -364,14 +389,7 @@ fn a_reload_after_an_upgrade_hands_the_mounts_to_the_new_program() {
     std::fs::copy(env!("CARGO_BIN_EXE_autosquash"), &program).unwrap();
     let mut daemon = Daemon::spawn_program(&program, &source, &mnt);
     wait_for(Duration::from_secs(20), "the mount", || is_mounted(&mnt));
-    let file = mnt.join("img/data.bin");
-    let mut held = std::fs::File::open(&file).unwrap();
-    let mut in_image = Command::new("sleep")
-        .arg("60")
-        .current_dir(mnt.join("img"))
-        .spawn()
-        .unwrap();
-    let reader = Reader::start(file, data.clone());
+    let users = Users::start(&mnt.join("img"), data);
     std::thread::sleep(Duration::from_millis(300));
     let serving = daemon.serving_pid();
     // What dpkg does: the new file is written beside and renamed over the old one.
@@ -390,24 +408,12 @@ fn a_reload_after_an_upgrade_hands_the_mounts_to_the_new_program() {
         },
     );
     std::thread::sleep(Duration::from_millis(500));
-    reader.finish();
     assert_eq!(daemon.serving_pid(), serving, "not the same process");
     assert!(
         !exe().to_string_lossy().ends_with(" (deleted)"),
         "still the old program"
     );
-    let mut again = Vec::new();
-    held.read_to_end(&mut again).unwrap();
-    assert!(again == data, "the file held open reads other bytes");
-    drop(held);
-    assert_eq!(
-        std::fs::read_dir(format!("/proc/{}/cwd", in_image.id()))
-            .unwrap()
-            .count(),
-        2
-    );
-    let _ = in_image.kill();
-    let _ = in_image.wait();
+    users.finish();
     assert!(daemon.child.try_wait().unwrap().is_none());
     assert!(daemon.stop().success());
 }
