@@ -172,7 +172,7 @@ pub fn recv_with_fds(socket: &UnixDatagram) -> std::io::Result<(Vec<u8>, Vec<Own
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                 let data = libc::CMSG_DATA(cmsg);
                 for i in 0..len / 4 {
                     let mut fd = 0i32;
