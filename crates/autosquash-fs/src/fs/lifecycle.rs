@@ -144,9 +144,10 @@ impl AutoFs {
             }
             keep
         });
-        if !freed.is_empty() {
-            // The log holds a line per live slot and placeholder: written anew, it stays small.
-            self.rewrite_log(&state);
+        for m in &freed {
+            // Appended, never rewritten in place: a crash in the middle of a rewrite would
+            // leave the successor without the slots the kernel still references.
+            self.record(&serde_json::json!({"gone": m.slot}));
         }
         let root_changed = std::mem::take(&mut state.root_changed);
         drop(state);

@@ -1,7 +1,9 @@
 //! The root's part of a takeover (see the handover module): every number the kernel may hold
 //! must mean the same in the successor. Those are the slots (each an image version) and the
 //! placeholder numbers of root entries; both are recorded in the mount's state log as they
-//! are handed out, one JSON line each, and read back by [`AutoFs::restore`].
+//! are handed out (and a slot's end when it is freed), one JSON line each, appended only,
+//! and read back by [`AutoFs::restore`]. Not compacted yet: a line per mount and per freed
+//! slot.
 //!
 //! The kernel's reference counts are not recorded (they change with every lookup), so a
 //! restored slot is kept until the daemon stops: [`UNKNOWN_REFS`] never counts down to 0.
@@ -23,12 +25,10 @@ pub(super) fn placeholder_line(name: &str, ino: u64) -> Value {
 }
 
 impl AutoFs {
-    /// Records slots and placeholders in `log` from now on (and what exists already, for a
-    /// log that starts empty after a restore).
+    /// Records slots and placeholders in `log` from now on. What exists already is in it: a
+    /// new mount has no slot yet, and a restored one's log is its predecessor's.
     pub fn record_to(&self, log: Arc<StateLog>) {
         *self.log.lock().unwrap_or_else(PoisonError::into_inner) = Some(log);
-        let state = self.state();
-        self.rewrite_log(&state);
     }
 
     pub(super) fn record(&self, line: &Value) {
@@ -36,25 +36,6 @@ impl AutoFs {
         if let Some(log) = log.as_ref()
             && let Err(e) = log.append(&line.to_string())
         {
-            warn!(error = %e, "cannot record the mount's state for a successor");
-        }
-    }
-
-    pub(super) fn rewrite_log(&self, state: &State) {
-        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(log) = log.as_ref() else { return };
-        let mut lines: Vec<String> = state
-            .slots
-            .values()
-            .map(|m| slot_line(m.slot, &m.name, m.image.meta()).to_string())
-            .collect();
-        lines.extend(
-            state
-                .placeholders
-                .iter()
-                .map(|(name, &ino)| placeholder_line(name, ino).to_string()),
-        );
-        if let Err(e) = log.rewrite(&lines) {
             warn!(error = %e, "cannot record the mount's state for a successor");
         }
     }
@@ -84,6 +65,8 @@ impl AutoFs {
                     etag: etag.to_owned(),
                 };
                 slots.insert(slot, (name.to_owned(), meta));
+            } else if let Some(gone) = v["gone"].as_u64().and_then(|s| u32::try_from(s).ok()) {
+                slots.remove(&gone);
             } else if let (Some(name), Some(ino)) = (v["placeholder"].as_str(), v["ino"].as_u64()) {
                 placeholders.insert(name.to_owned(), ino);
             }
