@@ -754,3 +754,65 @@ async fn a_panic_in_a_request_is_eio_and_counted() {
         "the image stopped serving"
     );
 }
+
+/// After a takeover the kernel asks about numbers the new process never looked up: every one
+/// must resolve, also when many arrive at once while the image is being walked to learn them
+/// (requests that came during the walk were answered ESTALE).
+#[tokio::test]
+async fn a_restored_image_resolves_numbers_it_never_looked_up_under_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in 0..40 {
+        let sub = src.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..50 {
+            std::fs::write(sub.join(format!("f{f:02}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    let out = dir.path().join("i.squash");
+    mksquashfs(&src, &out, &["-comp", "gzip"]);
+    let store = Arc::new(MemStore::new());
+    store.put("big.squash", std::fs::read(out).unwrap());
+
+    let before = AutoFs::new(store.clone(), FsConfig::default());
+    before.refresh().await.unwrap();
+    let root = before.lookup(ROOT_INO, b"big").await.unwrap();
+    let mut files = Vec::new();
+    for d in (0..40).step_by(5) {
+        let sub = before
+            .lookup(root.ino, format!("d{d:02}").as_bytes())
+            .await
+            .unwrap();
+        let file = before.lookup(sub.ino, b"f49").await.unwrap();
+        files.push((file.ino, format!("{d}/49")));
+    }
+    let meta = autosquash_core::Store::head(&*store, "big.squash")
+        .await
+        .unwrap();
+    let line = serde_json::json!({"slot": root.ino >> 32, "name": "big", "key": meta.key,
+        "size": meta.size, "etag": meta.etag})
+    .to_string();
+
+    let after = AutoFs::new(store.clone(), FsConfig::default());
+    after.refresh().await.unwrap();
+    assert_eq!(after.restore(&[line]).await, 1);
+    let barrier = std::sync::Barrier::new(files.len());
+    std::thread::scope(|s| {
+        for (ino, content) in &files {
+            let (after, barrier) = (&after, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                let attr = after
+                    .getattr(*ino)
+                    .unwrap_or_else(|e| panic!("ino {ino}: {e}"));
+                assert_eq!(attr.size, content.len() as u64);
+            });
+        }
+    });
+    for (ino, content) in &files {
+        assert_eq!(
+            &after.read(*ino, 0, 100).await.unwrap()[..],
+            content.as_bytes()
+        );
+    }
+}

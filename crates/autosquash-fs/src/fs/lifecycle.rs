@@ -317,7 +317,7 @@ impl AutoFs {
             retired: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             restored,
-            walked: AtomicBool::new(false),
+            learnt: Mutex::new(false),
         });
         info!(image = %name, slot, etag = %meta.etag, restored, "image mounted");
         self.mounts_total.fetch_add(1, Ordering::Relaxed);
@@ -361,13 +361,16 @@ impl AutoFs {
         let (slot, sq) = split(ino);
         let m = self.slot(slot)?;
         let inode = self.engine(&m, || match m.image.inode(sq) {
-            // A number a predecessor gave the kernel: learn every number once, then again.
-            Err(autosquash_core::Error::UnknownInode(_))
-                if m.restored && !m.walked.swap(true, Ordering::Relaxed) =>
-            {
-                let entries = m.image.walk(usize::MAX).count();
-                debug!(image = %m.name, entries, "inode numbers learnt after a takeover");
-                m.image.inode(sq)
+            // A number a predecessor gave the kernel; if it is still unknown after a walk that
+            // met an error, that error (EIO, worth retrying) is the answer rather than ESTALE.
+            Err(autosquash_core::Error::UnknownInode(_)) if m.restored => {
+                let learnt = learn_numbers(&m);
+                match m.image.inode(sq) {
+                    Err(e @ autosquash_core::Error::UnknownInode(_)) => {
+                        Err(learnt.err().unwrap_or(e))
+                    }
+                    other => other,
+                }
             }
             other => other,
         })?;
@@ -408,5 +411,33 @@ impl AutoFs {
             state.failures_logged.insert(name.to_owned(), now);
         }
         due
+    }
+}
+
+/// Learns every inode number of a restored mount, which the kernel may hold from a
+/// predecessor: one walk of the image, which concurrent callers wait for. A walk that met an
+/// error (a store outage) is done again by the next caller; that error is returned.
+fn learn_numbers(m: &Mounted) -> autosquash_core::Result<()> {
+    let mut learnt = m.learnt.lock().unwrap_or_else(PoisonError::into_inner);
+    if *learnt {
+        return Ok(());
+    }
+    let (mut entries, mut first_error) = (0usize, None);
+    for walked in m.image.walk(usize::MAX) {
+        entries += 1;
+        if let Err(e) = walked.inode {
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        None => {
+            *learnt = true;
+            debug!(image = %m.name, entries, "inode numbers learnt after a takeover");
+            Ok(())
+        }
+        Some(e) => {
+            debug!(image = %m.name, entries, error = %e, "inode numbers not all learnt");
+            Err(e)
+        }
     }
 }

@@ -124,7 +124,9 @@ struct Mounted {
     /// Reopened after a takeover (see `restore`): the kernel holds numbers of inodes this
     /// process never looked up, learnt by one walk of the image on the first unknown one.
     restored: bool,
-    walked: AtomicBool,
+    /// Whether that walk completed without an error. Held while walking, so that concurrent
+    /// requests for unknown numbers wait for it instead of answering ESTALE.
+    learnt: Mutex<bool>,
 }
 
 /// Reads in one directory of an image: how many files, the last one, and whether the

@@ -74,10 +74,9 @@ pub fn run(scale: Scale, out: &mut Outcome) {
         "a new serving process takes over after every kill",
     );
     out.check(
-        // Not yet 0 failed: some reads get ESTALE after a takeover under churn (issue 16).
-        across.reads() > 20 && across.wrong() == 0,
+        across.reads() > 20 && across.failed() == 0 && across.wrong() == 0,
         format!(
-            "no wrong byte across the kills (failed: {})",
+            "no failed read and no wrong byte across the kills ({})",
             across.error_summary()
         ),
     );

@@ -3,7 +3,7 @@
 //! cache disk too small for the data (an 8 MiB tmpfs): reads stay right and keep working.
 
 use crate::common::{Daemon, sh};
-use crate::setup::{self, PREFIX, load_samples};
+use crate::setup::{self, load_samples};
 use crate::{Outcome, Scale};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
