@@ -8,7 +8,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// Every mount answers.
 pub fn ready(status: &str) {
@@ -34,6 +34,118 @@ pub fn stopping() {
 /// also keeps file descriptors for a successor.
 pub fn has_manager() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
+/// Whether systemd is restarting this service (`systemctl restart`, `try-restart`,
+/// `reload-or-restart`: a job of type "restart" runs on its unit) and keeps at least `fds`
+/// descriptors in its store, asked when SIGTERM comes. systemd keeps the unit's store across
+/// a restart (a stop releases it), so the mounts can be handed to the next process instead
+/// of unmounted. False when not started by systemd, and when systemd cannot be asked within
+/// 2 s: the mounts are then unmounted, as on a stop.
+pub fn restart_keeps(fds: usize) -> bool {
+    if std::env::var_os("INVOCATION_ID").is_none() {
+        return false;
+    }
+    let Some(unit) = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| own_unit(&c))
+    else {
+        return false;
+    };
+    let ask = |args: &[&str]| {
+        let mut command = std::process::Command::new("systemctl");
+        command.args(args).arg(&unit);
+        run_with_timeout(&mut command, std::time::Duration::from_secs(2))
+    };
+    let answers = ask(&[
+        "list-jobs",
+        "--no-legend",
+        "--plain",
+        "--full",
+        "--no-pager",
+    ])
+    .and_then(|jobs| {
+        Ok((
+            jobs,
+            ask(&["show", "--value", "--property=NFileDescriptorStore"])?,
+        ))
+    });
+    match answers {
+        Ok((jobs, stored)) => {
+            let stored: usize = stored.trim().parse().unwrap_or(0);
+            let restart = restarting(&jobs, &unit);
+            debug!(
+                unit,
+                restart, stored, "asked systemd whether it restarts this service"
+            );
+            restart && stored >= fds
+        }
+        Err(e) => {
+            warn!(unit, error = %e, "cannot ask systemd whether it restarts this service; stopping");
+            false
+        }
+    }
+}
+
+/// The service unit a process runs in, from its /proc/PID/cgroup (the unified hierarchy's
+/// line, else systemd's named one).
+fn own_unit(cgroup: &str) -> Option<String> {
+    let unified = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .filter(|p| *p != "/");
+    let path = unified.or_else(|| {
+        cgroup
+            .lines()
+            .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p))
+    })?;
+    path.rsplit('/')
+        .find(|c| c.ends_with(".service"))
+        .map(str::to_owned)
+}
+
+/// Whether `systemctl list-jobs` output names a restart job of `unit`.
+fn restarting(jobs: &str, unit: &str) -> bool {
+    jobs.lines().any(|l| {
+        let mut fields = l.split_whitespace().skip(1);
+        fields.next() == Some(unit) && fields.next() == Some("restart")
+    })
+}
+
+/// Runs `command` and returns its standard output, killing it after `timeout`.
+fn run_with_timeout(
+    command: &mut std::process::Command,
+    timeout: std::time::Duration,
+) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut out = String::new();
+            if let Some(mut stdout) = child.stdout.take() {
+                stdout.read_to_string(&mut out)?;
+            }
+            return if status.success() {
+                Ok(out)
+            } else {
+                Err(std::io::Error::other(format!("{status}")))
+            };
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Gives `fds` to the service manager's file descriptor store under `name` (replacing what
@@ -217,6 +329,21 @@ fn monotonic(ts: &mut libc::timespec) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_own_unit_and_its_restart_job_are_read_as_systemd_252_writes_them() {
+        let hybrid = "13:hugetlb:/\n9:name=systemd:/system.slice/autosquash.service\n\
+                      4:memory:/system.slice/autosquash.service\n0::/system.slice/autosquash.service\n";
+        assert_eq!(own_unit(hybrid).as_deref(), Some("autosquash.service"));
+        let legacy = "4:memory:/x\n1:name=systemd:/system.slice/autosquash.service\n0::/\n";
+        assert_eq!(own_unit(legacy).as_deref(), Some("autosquash.service"));
+        assert_eq!(own_unit("0::/user.slice/session-1.scope\n"), None);
+        let unit = "autosquash.service";
+        assert!(restarting("457 autosquash.service restart running\n", unit));
+        assert!(!restarting("509 autosquash.service stop running\n", unit));
+        assert!(!restarting("", unit));
+        assert!(!restarting("12 other.service restart running\n", unit));
+    }
 
     #[test]
     fn messages_reach_the_socket_named_in_the_environment() {

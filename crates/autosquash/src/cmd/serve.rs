@@ -1,6 +1,7 @@
 //! `autosquash serve`: the daemon. Mounts every configured tree (the image root, the plain
 //! object view) sharing one cache, keeps listings fresh, retires idle images, answers
-//! `autosquash status` on a unix socket, and unmounts cleanly on SIGTERM or SIGINT.
+//! `autosquash status` on a unix socket, and unmounts cleanly on SIGTERM or SIGINT (or, when
+//! systemd restarts it, leaves the mounts to the next process).
 
 use crate::config::{self, MountSection, MountSpec, View};
 use crate::mountpoint;
@@ -207,6 +208,8 @@ pub struct Served {
     mount: Mount,
     /// What the kernel references, for a successor (see autosquash-fs's handover module).
     log: Option<Arc<StateLog>>,
+    /// The service manager keeps the connection and the log for the next process.
+    kept: bool,
     housekeeping: tokio::task::JoinHandle<()>,
     schedule: watch::Sender<Schedule>,
 }
@@ -362,9 +365,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // Whether the mounts systemd keeps are left to the next process instead of unmounted.
+    let mut restarting = false;
     loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
+            _ = sigterm.recv() => {
+                let kept = mounts.snapshot().iter().filter(|m| m.kept).count();
+                restarting = kept > 0 && notify::restart_keeps(2 * kept);
+                break;
+            }
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
                 notify::reloading();
@@ -389,6 +398,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut result = Ok(());
     for one in mounts.snapshot() {
         one.housekeeping.abort();
+        if restarting && one.kept {
+            // The next process takes it over as after a crash: requests this one read and
+            // did not answer are sent to it again.
+            info!(mountpoint = %one.spec.mountpoint.display(), "systemd restarts the service: the mount is handed over to the next process");
+            continue;
+        }
         info!(mountpoint = %one.spec.mountpoint.display(), "unmounting");
         one.release_kept();
         if let Err(e) = one.mount.unmount() {
@@ -663,15 +678,19 @@ async fn attach(prepared: Prepared, spec: &MountSpec, adopt: Option<Kept>) -> Re
     // Recorded whenever the connection is ours: a holder keeps it after a crash, and an
     // upgrade passes it on (see `hand_over_to`).
     let log = log.filter(|log| mount.connection().is_some() && tree.record_to(log.clone()));
+    let mut kept = false;
     if let (Some(connection), Some(log)) = (mount.connection(), &log)
         && notify::has_manager()
     {
-        let kept = log.fd().and_then(|state| {
+        let stored = log.fd().and_then(|state| {
             notify::store_fds(&format!("state-{key}"), &[state.as_fd()])?;
             notify::store_fds(&format!("fuse-{key}"), &[connection])
         });
-        if let Err(e) = kept {
-            warn!(mountpoint = %mountpoint.display(), error = %e, "cannot give the connection to the service manager; a crash will unmount");
+        match stored {
+            Ok(()) => kept = true,
+            Err(e) => {
+                warn!(mountpoint = %mountpoint.display(), error = %e, "cannot give the connection to the service manager; a crash will unmount");
+            }
         }
     }
     let invalidator = mount.invalidator();
@@ -699,6 +718,7 @@ async fn attach(prepared: Prepared, spec: &MountSpec, adopt: Option<Kept>) -> Re
         made_with,
         mount,
         log,
+        kept,
         housekeeping,
         schedule,
     })
