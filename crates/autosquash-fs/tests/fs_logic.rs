@@ -816,3 +816,57 @@ async fn a_restored_image_resolves_numbers_it_never_looked_up_under_concurrency(
         );
     }
 }
+
+/// The object view's numbers survive a takeover: a successor that reads the predecessor's
+/// state log gives every object and directory the same number, new objects new ones, and
+/// still answers for a replaced version the kernel may hold.
+#[tokio::test]
+async fn the_object_view_keeps_its_numbers_across_a_takeover() {
+    use autosquash_fs::handover::StateLog;
+    use autosquash_fs::{ObjectConfig, ObjectFs, Tree};
+    let store = Arc::new(MemStore::new());
+    store.put("data/a/one.txt", &b"one"[..]);
+    store.put("data/a/two.txt", &b"two"[..]);
+    store.put("data/three.txt", &b"three"[..]);
+    let config = ObjectConfig {
+        prefix: "data/".into(),
+        uid: None,
+        gid: None,
+    };
+    let before = ObjectFs::new(store.clone(), config.clone());
+    before.refresh().await.unwrap();
+    let log = Arc::new(StateLog::create("objects").unwrap());
+    assert!(before.record_to(log.clone()));
+    let a = before.lookup(ROOT_INO, b"a").await.unwrap();
+    let two = before.lookup(a.ino, b"two.txt").await.unwrap();
+    let three = before.lookup(ROOT_INO, b"three.txt").await.unwrap();
+    // Replaced while the kernel holds it: a new number, the old one kept.
+    store.put("data/three.txt", &b"three, again"[..]);
+    before.refresh().await.unwrap();
+    let three_again = before.lookup(ROOT_INO, b"three.txt").await.unwrap();
+    assert_ne!(three_again.ino, three.ino);
+
+    let (adopted, lines) = StateLog::adopt(log.fd().unwrap()).unwrap();
+    store.put("data/four.txt", &b"four"[..]);
+    let after = ObjectFs::new(store.clone(), config);
+    after.refresh().await.unwrap();
+    assert!(after.restore(&lines).await >= 5, "{lines:?}");
+    assert!(after.record_to(Arc::new(adopted)));
+    assert_eq!(after.lookup(ROOT_INO, b"a").await.unwrap().ino, a.ino);
+    assert_eq!(after.lookup(a.ino, b"two.txt").await.unwrap().ino, two.ino);
+    assert_eq!(&after.read(two.ino, 0, 10).await.unwrap()[..], b"two");
+    let now = after.lookup(ROOT_INO, b"three.txt").await.unwrap();
+    assert_eq!(now.ino, three_again.ino);
+    assert_eq!(
+        after.getattr(three.ino).unwrap().size,
+        5,
+        "the old version is gone"
+    );
+    let four = after.lookup(ROOT_INO, b"four.txt").await.unwrap();
+    for known in [a.ino, two.ino, three.ino, three_again.ino] {
+        assert_ne!(four.ino, known, "a new object got a number in use");
+    }
+    // What the successor handed out is recorded for its own successor.
+    let (_, again) = StateLog::adopt(log.fd().unwrap()).unwrap();
+    assert!(again.iter().any(|l| l.contains("four.txt")), "{again:?}");
+}

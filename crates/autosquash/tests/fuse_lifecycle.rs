@@ -352,6 +352,15 @@ fn a_killed_serving_process_is_taken_over_without_a_failed_read() {
     let data = put_image(&source, "img", 5);
     let daemon = Daemon::start(&source, &mnt, &[]);
     let users = Users::start(&mnt.join("img"), data);
+    kill_serving_twice(&daemon);
+    users.finish();
+    let log = daemon.log_text();
+    assert!(log.contains("taking over the mount"), "{log}");
+    assert!(daemon.stop().success());
+}
+
+/// kill -9 of the serving process, twice, and a wait for the one that takes over each time.
+fn kill_serving_twice(daemon: &Daemon) {
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(300));
         let before = daemon.serving_pid();
@@ -368,9 +377,32 @@ fn a_killed_serving_process_is_taken_over_without_a_failed_read() {
         });
     }
     std::thread::sleep(Duration::from_millis(500));
-    users.finish();
+}
+
+/// The same in the plain object view: its numbers are in the state log too, so a reader
+/// and a file held open go on across the kills.
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
+fn a_killed_object_view_is_taken_over_without_a_failed_read() {
+    let (_dir, source, mnt) = setup();
+    let data = pseudo_random_bytes(6, 3 << 20);
+    std::fs::create_dir_all(source.join("ref")).unwrap();
+    std::fs::write(source.join("ref/genome.bin"), &data).unwrap();
+    let daemon = Daemon::start(&source, &mnt, &["--view", "objects"]);
+    let file = mnt.join("ref/genome.bin");
+    let mut held = std::fs::File::open(&file).unwrap();
+    let reader = Reader::start(file, data.clone());
+    kill_serving_twice(&daemon);
+    reader.finish();
+    let mut again = Vec::new();
+    held.read_to_end(&mut again).unwrap();
+    assert!(again == data, "the file held open reads other bytes");
     let log = daemon.log_text();
     assert!(log.contains("taking over the mount"), "{log}");
+    drop(held);
     assert!(daemon.stop().success());
 }
 
