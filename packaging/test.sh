@@ -11,7 +11,8 @@
 #     that updatedb skips the mounts,
 #  6. runs the playbook again (it must report no changes),
 #  7. stops the daemon as systemd would (SIGTERM, then ExecStopPost) and after a SIGKILL,
-#     checking that nothing stays mounted,
+#     checking that nothing stays mounted; then runs the unit under systemd itself (PID 1
+#     of a namespace): restart, kill -9, reload and upgrade with readers that must not fail,
 #  8. removes and purges the package and checks that nothing is left behind.
 # Each check prints one PASS or FAIL line; the exit status is non-zero if any failed.
 # Whatever happens, the daemon, Garage, the package and the files edited on this machine
@@ -59,6 +60,12 @@ backups=(/etc/updatedb.conf /etc/fuse.conf)
 # --- cleanup ------------------------------------------------------------------------------
 cleanup() {
   local rc=$?
+  if [[ -n ${ns_unshare:-} ]]; then
+    [[ -n ${ns_pid:-} ]] && kill -KILL "$ns_pid" 2>/dev/null
+    kill -KILL "$ns_unshare" 2>/dev/null
+    wait "$ns_unshare" 2>/dev/null
+  fi
+  [[ -n ${ns_work:-} ]] && rm -rf "$ns_work"
   if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
     kill -TERM "$daemon_pid" 2>/dev/null
     for _ in $(seq 50); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
@@ -426,6 +433,15 @@ stop_daemon() {
   timeout=$(grep -m1 '^TimeoutStopSec=' "$unit" | cut -d= -f2 | tr -dc 0-9)
   kill -TERM "$daemon_pid"
   for _ in $(seq $((${timeout:-90} * 10))); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$daemon_pid" 2>/dev/null; then
+    info "the daemon is still running ${timeout:-90} s after SIGTERM; its processes and their threads' kernel stacks:"
+    pstree -p "$daemon_pid" | indent
+    local p
+    for p in $(pgrep -f "autosquash serve"); do
+      echo "== $p: $(tr '\0' ' ' <"/proc/$p/cmdline")"
+      cat /proc/"$p"/task/*/stack 2>/dev/null | sort | uniq -c | sort -rn | head -8
+    done | indent
+  fi
   kill -KILL "$daemon_pid" 2>/dev/null
   wait "$daemon_pid"
   daemon_status=$?
@@ -535,6 +551,9 @@ fi
 
 # --- 7. stopping --------------------------------------------------------------------------
 stop_daemon
+if [[ $daemon_status != 0 ]]; then
+  grep -v ' DEBUG ' "$work/daemon.log" | tail -25 | indent
+fi
 check "SIGTERM: the daemon exits with status 0" test "$daemon_status" = 0
 check "SIGTERM: nothing left mounted" test -z "$(autosquash_mounts)"
 check "ExecStopPost (${exec_stop_post[*]}) after a clean stop" run_stop_post
@@ -556,6 +575,119 @@ if start_daemon "$work/daemon2.log"; then
 else
   fail "daemon started again for the SIGKILL test"
 fi
+
+# --- 7b. the unit under systemd -----------------------------------------------------------
+# The unit as installed, run by systemd itself: systemd (this machine's, 252 on Debian 12)
+# as PID 1 of a PID and mount namespace, since CI has no systemd as PID 1. Across each of
+# `systemctl restart`, kill -9 and the restart systemd does, `systemctl reload` with a
+# changed configuration, and a package upgrade (dpkg -i, whose postinst asks systemd for
+# the reload), a reader loops over files of the image, a process has its working
+# directory in it and a file is held open: no read may fail, no byte differ, the mount
+# stays the same one; the longest stall is printed. The namespace has its own /run (systemd
+# mounts it) and its own /tmp, a tmpfs mounted before systemd starts: its boot-time
+# systemd-tmpfiles would otherwise empty this machine's /tmp ("D /tmp"). What the readers
+# compare against is under /var/tmp.
+ns_work=$(mktemp -d /var/tmp/autosquash-packaging-ns.XXXXXX)
+cp -r "$tree" "$ns_work/tree"
+cat >"$ns_work/across.sh" <<'ACROSS'
+#!/bin/bash
+# across.sh SECONDS COMMAND...: runs COMMAND while readers use the image; prints one line:
+# "<ok> <failed> <longest stall> <held file ok> <cwd ok> <same mount>".
+set -u
+seconds=$1
+shift
+mount_id() { awk -v m="$MNT" '$5 == m {print $1}' /proc/self/mountinfo | tail -1; }
+before=$(mount_id)
+exec 7<"$MNT/$IMAGE/share/doc/numbers.txt"
+(cd "$MNT/$IMAGE/share" && exec sleep 120) &
+cwd=$!
+(
+  end=$((SECONDS + seconds))
+  while ((SECONDS < end)); do
+    echo 1 >/proc/sys/vm/drop_caches 2>/dev/null # from the daemon, not the page cache
+    start=$(date +%s.%N)
+    if cmp -s "$TREE/share/doc/numbers.txt" "$MNT/$IMAGE/share/doc/numbers.txt" &&
+      cmp -s "$TREE/hello.txt" "$MNT/$IMAGE/hello.txt"; then r=ok; else r=failed; fi
+    echo "$r $start $(date +%s.%N)"
+  done >"$WORK/reads"
+) &
+reader=$!
+sleep 1.5
+"$@" >"$WORK/command.log" 2>&1
+wait "$reader"
+held=no cwd_ok=no
+cmp -s "$TREE/share/doc/numbers.txt" /dev/fd/7 && held=yes
+ls "/proc/$cwd/cwd/doc/numbers.txt" >/dev/null 2>&1 && cwd_ok=yes
+kill "$cwd"
+same=no
+[[ -n $before && $before == "$(mount_id)" ]] && same=yes
+echo "$(grep -c '^ok' "$WORK/reads") $(grep -c '^failed' "$WORK/reads")" \
+  "$(awk '{d = $3 - $2; if (d > m) m = d} END {printf "%.2f", m}' "$WORK/reads")" "$held $cwd_ok $same"
+ACROSS
+unshare --pid --fork --mount --mount-proc --propagation private bash -c \
+  'mount -t tmpfs -o mode=1777 tmpfs /tmp &&
+   exec env container=autosquash-packaging-test /lib/systemd/systemd --system --unit=sysinit.target' \
+  >"$work/systemd.log" 2>&1 </dev/null &
+ns_unshare=$!
+ns_pid=
+in_ns() { nsenter -t "$ns_pid" -p -m env MNT="$mnt" IMAGE="$image" TREE="$ns_work/tree" WORK="$ns_work" "$@"; }
+for _ in $(seq 300); do
+  ns_pid=$(pgrep -P "$ns_unshare" -x systemd)
+  [[ -n $ns_pid ]] && [[ $(in_ns systemctl is-system-running 2>/dev/null) == @(running|degraded) ]] && break
+  sleep 0.2
+done
+if [[ $(in_ns systemctl is-system-running 2>/dev/null) != @(running|degraded) ]]; then
+  indent <"$work/systemd.log" | tail -20
+  fail "systemd as PID 1 of a namespace: not running ($(in_ns systemctl is-system-running 2>&1))"
+elif ! in_ns systemctl start autosquash.service 2>"$work/ns-start.log"; then
+  indent <"$work/ns-start.log"
+  in_ns journalctl -u autosquash --no-pager | tail -20 | indent
+  fail "systemd: systemctl start autosquash"
+else
+  pass "systemd $(systemctl --version | awk 'NR == 1 {print $2}') as PID 1 of a namespace: systemctl start autosquash; $(in_ns ls "$mnt" | tr '\n' ' ')"
+  # across WHAT SECONDS COMMAND...: one check for COMMAND run inside the namespace.
+  across() {
+    local what=$1 seconds=$2 result ok failed stall held cwd same
+    shift 2
+    result=$(in_ns bash "$ns_work/across.sh" "$seconds" "$@")
+    read -r ok failed stall held cwd same <<<"$result"
+    if [[ ${ok:-0} -gt 0 && $failed == 0 && $held == yes && $cwd == yes && $same == yes ]]; then
+      pass "systemd: $what: $ok reads, none failed, longest stall ${stall} s; the held file, the working directory and the mount carry on"
+    else
+      indent <"$ns_work/command.log"
+      in_ns journalctl -u autosquash --no-pager | tail -30 | indent
+      fail "systemd: $what: $ok reads, ${failed:-?} failed, longest ${stall:-?} s; held file $held, working directory $cwd, same mount $same"
+    fi
+  }
+  main_pid() { in_ns systemctl show -p MainPID --value autosquash.service; }
+  before=$(main_pid)
+  across "systemctl restart" 5 systemctl restart autosquash.service
+  check "systemd: the restart started a new process ($before -> $(main_pid))" test "$before" != "$(main_pid)"
+  before=$(main_pid)
+  across "kill -9 and the restart systemd does (Restart=on-failure)" 6 systemctl kill -s KILL autosquash.service
+  check "systemd: a new process after kill -9 ($before -> $(main_pid))" test "$before" != "$(main_pid)"
+  cp -p /etc/autosquash/config.toml "$ns_work/config.toml"
+  before=$(main_pid)
+  across "systemctl reload with a changed configuration" 5 bash -c \
+    'sed -i "0,/^\[\[mount\]\]/s//[[mount]]\nnegative_ttl = \"17s\"/" /etc/autosquash/config.toml && systemctl reload autosquash.service'
+  check "systemd: the reload applied the change in the same process" \
+    bash -c "grep -q 'negative_ttl = \"17s\"' /etc/autosquash/config.toml && [[ '$before' == \$(nsenter -t $ns_pid -p -m systemctl show -p MainPID --value autosquash.service) ]] && ! nsenter -t $ns_pid -p -m journalctl -u autosquash --no-pager | grep -q 'reload refused'"
+  cp -p "$ns_work/config.toml" /etc/autosquash/config.toml
+  if newest=$(DEB_REVISION=3 bash packaging/build-deb.sh 2>>"$work/build.log" | tail -1) && [[ -f $newest ]]; then
+    across "package upgrade (dpkg -i of revision 3, postinst's reload)" 6 dpkg -i "$newest"
+    check "systemd: the upgrade is installed and runs in the same process" \
+      bash -c "[[ \$(dpkg-query -W -f '\${Version}' autosquash) == *-3 && '$(main_pid)' == \$(nsenter -t $ns_pid -p -m systemctl show -p MainPID --value autosquash.service) ]] && ! readlink /proc/\$(nsenter -t $ns_pid -p -m systemctl show -p MainPID --value autosquash.service)/exe | grep -q deleted"
+  else
+    fail "build revision 3 of the package for the upgrade under systemd"
+  fi
+  in_ns systemctl stop autosquash.service
+  check "systemd: systemctl stop unmounts everything and empties the store" \
+    bash -c "[[ -z \$(nsenter -t $ns_pid -p -m findmnt -rn -t fuse.autosquash) && \$(nsenter -t $ns_pid -p -m systemctl show -p NFileDescriptorStore --value autosquash.service) == 0 ]]"
+fi
+kill -KILL "$ns_pid" 2>/dev/null # PID 1 of the namespace: everything in it ends
+wait "$ns_unshare" 2>/dev/null
+ns_unshare=
+rm -rf "$ns_work"
 
 # --- updatedb.conf trigger ----------------------------------------------------------------
 # plocate installed or upgraded after autosquash brings its own /etc/updatedb.conf: the

@@ -9,6 +9,7 @@ mod cmd;
 mod config;
 mod mountpoint;
 mod notify;
+mod signals;
 mod source;
 mod supervisor;
 mod units;

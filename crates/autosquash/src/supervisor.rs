@@ -204,5 +204,6 @@ fn spawn(socket: &Path, store: &BTreeMap<String, Vec<OwnedFd>>) -> std::io::Resu
             Ok(())
         });
     }
+    crate::signals::hold_for(&mut command);
     command.spawn()
 }

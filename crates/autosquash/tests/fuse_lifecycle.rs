@@ -450,6 +450,56 @@ fn a_reload_after_an_upgrade_hands_the_mounts_to_the_new_program() {
     assert!(daemon.stop().success());
 }
 
+/// A stop that comes while the upgraded program is still taking the mounts over (the
+/// packaging test's SIGTERM 0.27 s after the upgrade's reload killed it with the default
+/// action; the supervisor took that for a crash, started another one and the stop was lost):
+/// it waits until the new program handles it, which then stops as asked.
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "root-tests ring, needs root: sudo bash tests/run"
+)]
+fn a_stop_during_an_upgrades_takeover_is_not_lost() {
+    let (dir, source, mnt) = setup();
+    put_image(&source, "img", 7);
+    let program = dir.path().join("autosquash");
+    std::fs::copy(env!("CARGO_BIN_EXE_autosquash"), &program).unwrap();
+    let mut daemon = Daemon::spawn_program(&program, &source, &mnt);
+    wait_for(Duration::from_secs(20), "the mount", || is_mounted(&mnt));
+    assert!(mnt.join("img").read_dir().is_ok());
+    let serving = daemon.serving_pid();
+    let new = dir.path().join("autosquash.new");
+    std::fs::copy(env!("CARGO_BIN_EXE_autosquash"), &new).unwrap();
+    std::fs::rename(&new, &program).unwrap();
+    daemon.signal("HUP");
+    // Logged just before the exec: the stop arrives as the new program starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !daemon.log_text().contains("handing the mounts over") {
+        assert!(std::time::Instant::now() < deadline, "no handover");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Command::new("kill")
+        .args(["-TERM", &serving.to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 15 s after the stop: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = daemon.log_text();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(!log.contains("was killed"), "{log}");
+    assert!(!is_mounted(&mnt), "still mounted after the stop");
+}
+
 #[test]
 #[cfg_attr(
     not(feature = "root-tests"),

@@ -365,6 +365,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // Handled from here on: what arrived while this program took the mounts over is delivered.
+    crate::signals::release();
     // Whether the mounts systemd keeps are left to the next process instead of unmounted.
     let mut restarting = false;
     loop {
@@ -774,10 +776,12 @@ fn hand_over_to(program: &Path, mounts: &Mounts) -> std::io::Error {
         })
         .collect();
     info!(program = %program.display(), mounts = passed.len() / 2, "upgraded: handing the mounts over to the new program");
-    std::process::Command::new(program)
+    let mut command = std::process::Command::new(program);
+    command
         .args(std::env::args_os().skip(1))
-        .env("AUTOSQUASH_FDS", named.join(","))
-        .exec()
+        .env("AUTOSQUASH_FDS", named.join(","));
+    crate::signals::hold_for(&mut command);
+    command.exec()
 }
 
 /// What a predecessor left with the service manager for one mount.
