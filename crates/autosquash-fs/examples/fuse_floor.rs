@@ -188,7 +188,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [_, source, mountpoint] = args.as_slice() else {
         return Err("usage: fuse_floor SOURCE_DIR MOUNTPOINT".into());
     };
-    let tree = Arc::new(MemoryTree::load(Path::new(source))?);
+    let tree = Arc::new(
+        MemoryTree::load(Path::new(source)).map_err(|e| format!("loading {source}: {e}"))?,
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     let mounted = mount(
         tree,
