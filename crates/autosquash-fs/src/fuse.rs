@@ -8,13 +8,16 @@
 //!   (the ones that change are invalidated when they do); readdirplus hands out attributes
 //!   with the listing (no LOOKUP per entry of a `find`);
 //! - reads are up to 1 MiB (the mount's readahead is raised after mounting: FUSE_INIT caps
-//!   it at 128 KiB), and entries inside pinned images live practically forever.
+//!   it at 128 KiB), and entries inside pinned images live practically forever;
+//! - the next files of a directory read in order are stored in the page cache before the
+//!   kernel asks (FUSE_NOTIFY_STORE, see [`PageSink`]), so reading them costs no request.
 //!
 //! Threads: the session runs one FUSE thread per CPU (at least 2), each with its own cloned
 //! `/dev/fuse` fd. They answer what is in memory at once and never wait on the store: calls
 //! that may (mounting an image, reading data) run on the tokio runtime and reply from there.
-//! Kernel notifications are sent by the caller of [`Invalidator`] from a blocking thread,
-//! never from a FUSE thread or an async worker (the kernel may hold a lock a request waits on).
+//! Kernel notifications are sent by the caller of [`Invalidator`] from a blocking thread, and
+//! pages by the mount's page thread, never from a FUSE thread or an async worker (the kernel
+//! may hold a lock a request waits on).
 
 use crate::error::FsError;
 use crate::fs::{Attr, DirItem, ROOT_INO};
@@ -114,6 +117,11 @@ pub struct FuseStats {
     requests: [AtomicU64; OPS.len()],
     /// From the request's arrival to its reply (inline or from the runtime).
     pub read_latency: Histogram,
+    /// Files stored in the kernel's page cache ahead of their reads, and their bytes.
+    pub pushed: AtomicU64,
+    pub pushed_bytes: AtomicU64,
+    /// Files the kernel had forgotten when their data came.
+    pub push_unknown: AtomicU64,
 }
 
 /// The operations counted, by their FUSE names (`op` label values); `refused` gathers every
@@ -600,6 +608,65 @@ pub struct Mount {
     connection: Option<std::os::fd::OwnedFd>,
 }
 
+/// Hands file data to the kernel's page cache before the kernel asks for it
+/// (FUSE_NOTIFY_STORE; see the fs module's `push`): a file read from there costs no request.
+/// The data go to the mount's page thread, the only one that stores them: the kernel may wait
+/// there on a page that a READ holds locked, which a FUSE thread answers meanwhile.
+#[derive(Clone)]
+pub struct PageSink {
+    pages: tokio::sync::mpsc::Sender<(u64, bytes::Bytes)>,
+}
+
+impl PageSink {
+    /// Queues the whole data of file `ino` (from offset 0); waits while the page thread is
+    /// behind. False once the mount is gone.
+    pub async fn store(&self, ino: u64, data: bytes::Bytes) -> bool {
+        self.pages.send((ino, data)).await.is_ok()
+    }
+
+    /// A sink whose pages are handed to `receive` instead (for tests without a kernel).
+    pub fn for_test(receive: impl Fn(u64, bytes::Bytes) + Send + 'static) -> PageSink {
+        let (pages, mut queue) = tokio::sync::mpsc::channel(PAGES_QUEUED);
+        tokio::spawn(async move {
+            while let Some((ino, data)) = queue.recv().await {
+                receive(ino, data);
+            }
+        });
+        PageSink { pages }
+    }
+}
+
+/// Files queued for the page thread: a few, so what is pushed stays just ahead of the reader.
+const PAGES_QUEUED: usize = 8;
+
+/// The page thread of a mount: stores what the sink hands it until the tree drops the sink.
+fn page_thread(notifier: fuser::Notifier, stats: Arc<FuseStats>) -> PageSink {
+    let (pages, mut queue) = tokio::sync::mpsc::channel::<(u64, bytes::Bytes)>(PAGES_QUEUED);
+    let spawned = std::thread::Builder::new()
+        .name("fuse-pages".to_owned())
+        .spawn(move || {
+            while let Some((ino, data)) = queue.blocking_recv() {
+                match notifier.store(INodeNo(ino), 0, &data) {
+                    Ok(()) => {
+                        stats.pushed.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .pushed_bytes
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    // The kernel has forgotten the inode: nothing to fill.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        stats.push_unknown.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => debug!(ino, error = %e, "cannot store pages in the kernel's cache"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "no page thread: files are not pushed ahead of their reads");
+    }
+    PageSink { pages }
+}
+
 /// Tells the kernel to forget entries of a mount.
 #[derive(Clone)]
 pub struct Invalidator {
@@ -733,6 +800,7 @@ pub fn mount(
     };
     let stats = Arc::<FuseStats>::default();
     let describe = fs.describe();
+    let pages_for = fs.clone();
     let fuse_fs = FuseFs {
         fs,
         runtime,
@@ -757,6 +825,7 @@ pub fn mount(
         ),
     };
     let notifier = session.notifier();
+    pages_for.attach_pages(page_thread(notifier.clone(), stats.clone()));
     let session = session.spawn()?;
     if let (true, Some(fd)) = (adopted, &connection) {
         use std::os::fd::AsFd;

@@ -47,6 +47,8 @@ pub trait Tree: Send + Sync + 'static {
     async fn restore(&self, _lines: &[String]) -> usize {
         0
     }
+    /// Where to hand file data ahead of the kernel's reads (trees that do not push ignore it).
+    fn attach_pages(&self, _pages: crate::fuse::PageSink) {}
     /// For the mount's fsname and logs.
     fn describe(&self) -> String;
     /// A JSON-ready snapshot for `autosquash status`.

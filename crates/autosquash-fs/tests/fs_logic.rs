@@ -870,3 +870,111 @@ async fn the_object_view_keeps_its_numbers_across_a_takeover() {
     let (_, again) = StateLog::adopt(log.fd().unwrap()).unwrap();
     assert!(again.iter().any(|l| l.contains("four.txt")), "{again:?}");
 }
+
+/// A directory read file by file in listing order, once listed with readdirplus (so the
+/// kernel knows its inodes), has its next files handed to the page cache ahead of the reader,
+/// byte for byte, in order and in batches; not before it is listed, not for a reader going
+/// out of order, and never a file larger than the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_read_in_order_has_its_next_files_pushed_to_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src/many");
+    std::fs::create_dir_all(&src).unwrap();
+    let content = |i: u64| {
+        let len = if i == 10 {
+            2 << 20
+        } else {
+            2000 + (i as usize * 37) % 9000
+        };
+        autosquash_testkit::corpus::pseudo_random_bytes(i + 7, len)
+    };
+    for i in 0..100u64 {
+        std::fs::write(src.join(format!("f{i:03}")), content(i)).unwrap();
+    }
+    mksquashfs(
+        &dir.path().join("src"),
+        &dir.path().join("i.squash"),
+        &["-comp", "zstd"],
+    );
+    let mem = Arc::new(MemStore::new());
+    mem.put(
+        "d.squash",
+        std::fs::read(dir.path().join("i.squash")).unwrap(),
+    );
+    let fs = AutoFs::new(
+        mem,
+        FsConfig {
+            hydrate: false,
+            ..FsConfig::default()
+        },
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    fs.attach_pages(autosquash_fs::fuse::PageSink::for_test(move |ino, data| {
+        let _ = tx.send((ino, data));
+    }));
+    fs.refresh().await.unwrap();
+    let root = fs.lookup(ROOT_INO, b"d").await.unwrap();
+    let many = fs.lookup(root.ino, b"many").await.unwrap();
+    let mut ino_of = std::collections::HashMap::new();
+    for i in 0..100u64 {
+        let file = fs
+            .lookup(many.ino, format!("f{i:03}").as_bytes())
+            .await
+            .unwrap();
+        ino_of.insert(file.ino, i);
+    }
+    let ino = |i: u64| *ino_of.iter().find(|(_, n)| **n == i).unwrap().0;
+    let read = |i: u64| {
+        let fs = fs.clone();
+        let ino = ino(i);
+        async move {
+            let got = fs.read(ino, 0, 1 << 20).await.unwrap();
+            assert!(got[..] == content(i)[..got.len()]);
+        }
+    };
+    let pushed = |n: usize| -> Vec<u64> {
+        (0..n)
+            .map(|_| {
+                let (ino, data) = rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("fewer files pushed than expected");
+                let i = ino_of[&ino];
+                assert!(
+                    data[..] == content(i)[..],
+                    "f{i:03} pushed with other bytes"
+                );
+                i
+            })
+            .collect()
+    };
+    let nothing_more = || {
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(rx.try_recv().is_err(), "pushed more than expected");
+    };
+    // Not listed with readdirplus yet: the kernel may not know the next files.
+    read(0).await;
+    read(1).await;
+    nothing_more();
+    let mut add = |_: &autosquash_fs::fs::DirItem, _: Option<&autosquash_fs::fs::Attr>| false;
+    fs.readdir(many.ino, 0, true, &mut add).unwrap();
+    // The first read after the listing is a start, the next one in order shows the reader.
+    read(2).await;
+    nothing_more();
+    read(3).await;
+    let expected: Vec<u64> = (4..36).filter(|&i| i != 10).collect();
+    assert_eq!(
+        pushed(expected.len()),
+        expected,
+        "the next batch, without the big file"
+    );
+    nothing_more();
+    // Files of the batch are read from the page cache; the first one after it asks again.
+    read(36).await;
+    assert_eq!(pushed(32), (37..69).collect::<Vec<_>>());
+    nothing_more();
+    // Out of order: nothing.
+    read(90).await;
+    read(20).await;
+    read(75).await;
+    nothing_more();
+}

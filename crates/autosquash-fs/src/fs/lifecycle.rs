@@ -311,6 +311,7 @@ impl AutoFs {
                 None
             }),
             dirs_read: Mutex::default(),
+            readers: Mutex::default(),
             last_used: AtomicU64::new(self.now_ms()),
             mounted_at: self.now_ms(),
             outdated: AtomicBool::new(false),

@@ -13,11 +13,14 @@
 //!
 //! Modules: this one holds the shared types and the [`crate::Tree`] adapter; `lifecycle` the
 //! slots, mounting, listing refreshes, expiry and the guard around engine calls; `ops` the
-//! requests, the read path among them. Nothing is fetched ahead here: the store's pipeline
+//! requests, the read path among them; `push` the files of a directory handed to the
+//! kernel's page cache ahead of a reader going through them in order (which saves requests,
+//! not round trips to the store). Nothing is fetched ahead here: the store's pipeline
 //! (autosquash-cache) sees the image's bytes read in order and hydrates images in use.
 
 mod lifecycle;
 mod ops;
+mod push;
 mod restore;
 
 pub use lifecycle::panics;
@@ -113,6 +116,8 @@ struct Mounted {
     hydration: Mutex<Option<autosquash_core::Hydration>>,
     /// Per directory, the files read so far (for locality when not hydrating).
     dirs_read: Mutex<HashMap<u32, DirReads>>,
+    /// Per directory, its reader's position (for pushing pages ahead, see `push`).
+    readers: Mutex<HashMap<u32, push::DirReader>>,
     /// The filesystem's clock in milliseconds (see [`AutoFs::now_ms`]) at the last operation.
     last_used: AtomicU64,
     mounted_at: u64,
@@ -241,6 +246,8 @@ pub struct AutoFs {
     /// Images mounted and released (idle, outdated or early) since the start, for metrics.
     mounts_total: AtomicU64,
     expiries_total: AtomicU64,
+    /// Where file data go ahead of the kernel's reads (see `push`), once mounted.
+    pages: std::sync::OnceLock<crate::fuse::PageSink>,
 }
 
 fn split(ino: u64) -> (u32, u32) {
@@ -311,6 +318,7 @@ impl AutoFs {
             log: Mutex::default(),
             mounts_total: AtomicU64::new(0),
             expiries_total: AtomicU64::new(0),
+            pages: std::sync::OnceLock::new(),
         })
     }
 
@@ -399,6 +407,9 @@ impl crate::tree::Tree for AutoFs {
     }
     async fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         AutoFs::read(self, ino, offset, size).await
+    }
+    fn attach_pages(&self, pages: crate::fuse::PageSink) {
+        AutoFs::attach_pages(self, pages);
     }
     fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         AutoFs::getxattr(self, ino, name)

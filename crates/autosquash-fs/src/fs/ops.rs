@@ -174,6 +174,9 @@ impl AutoFs {
             }
         }
         let listing = self.engine(&m, || m.image.listing(&dir))?;
+        if plus {
+            self.note_listed(&m, dir.ino);
+        }
         let skip = offset.saturating_sub(2) as usize;
         for (i, entry) in listing.iter().enumerate().skip(skip) {
             let item = DirItem {
@@ -208,9 +211,11 @@ impl AutoFs {
         if let Some(span) = self.neighbourhood(&m, &inode) {
             self.store.prefetch(m.image.meta(), span);
         }
-        guarded(&m, m.image.read(&inode, offset, size as usize))
+        let data = guarded(&m, m.image.read(&inode, offset, size as usize))
             .await?
-            .map_err(|e| self.fail(&m, e))
+            .map_err(|e| self.fail(&m, e))?;
+        self.push_ahead(&m, &inode, offset);
+        Ok(data)
     }
 
     /// Locality for an image that is not being hydrated: on the second file read in one

@@ -95,6 +95,11 @@ fn document(served: &[Arc<Served>], cache: &BlockCache) -> Value {
             tree["fuse"] = json!({
                 "requests": requests,
                 "read_latency": histogram(&s.fuse.read_latency),
+                "pushed": {
+                    "files": s.fuse.pushed.load(Ordering::Relaxed),
+                    "bytes": s.fuse.pushed_bytes.load(Ordering::Relaxed),
+                    "forgotten": s.fuse.push_unknown.load(Ordering::Relaxed),
+                },
             });
             if let Some((bytes, enabled)) = s.cached.disk_usage() {
                 tree["disk_cache"] = json!({ "bytes": bytes, "enabled": enabled });

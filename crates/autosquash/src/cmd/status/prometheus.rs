@@ -311,6 +311,22 @@ fn mount_metrics(m: &mut Families, mount: &Value) {
             );
         }
     }
+    if !fuse["pushed"].is_null() {
+        m.sample(
+            "autosquash_fuse_pushed_files_total",
+            COUNTER,
+            "Files stored in the kernel's page cache ahead of their reads (no READ request).",
+            &mp,
+            num(&fuse["pushed"]["files"]),
+        );
+        m.sample(
+            "autosquash_fuse_pushed_bytes_total",
+            COUNTER,
+            "Bytes stored in the kernel's page cache ahead of their reads.",
+            &mp,
+            num(&fuse["pushed"]["bytes"]),
+        );
+    }
     if !fuse["read_latency"].is_null() {
         m.histogram(
             "autosquash_fuse_read_duration_seconds",
