@@ -614,22 +614,39 @@ pub struct Mount {
 /// there on a page that a READ holds locked, which a FUSE thread answers meanwhile.
 #[derive(Clone)]
 pub struct PageSink {
-    pages: tokio::sync::mpsc::Sender<(u64, bytes::Bytes)>,
+    pages: tokio::sync::mpsc::Sender<Page>,
+}
+
+/// The whole data of one file, and who waits for them to be in the page cache.
+struct Page {
+    ino: u64,
+    data: bytes::Bytes,
+    stored: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl PageSink {
     /// Queues the whole data of file `ino` (from offset 0); waits while the page thread is
-    /// behind. False once the mount is gone.
-    pub async fn store(&self, ino: u64, data: bytes::Bytes) -> bool {
-        self.pages.send((ino, data)).await.is_ok()
+    /// behind. With `stored`, says when they are in the page cache. False once the mount
+    /// is gone.
+    pub async fn store(
+        &self,
+        ino: u64,
+        data: bytes::Bytes,
+        stored: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> bool {
+        let page = Page { ino, data, stored };
+        self.pages.send(page).await.is_ok()
     }
 
     /// A sink whose pages are handed to `receive` instead (for tests without a kernel).
     pub fn for_test(receive: impl Fn(u64, bytes::Bytes) + Send + 'static) -> PageSink {
-        let (pages, mut queue) = tokio::sync::mpsc::channel(PAGES_QUEUED);
+        let (pages, mut queue) = tokio::sync::mpsc::channel::<Page>(PAGES_QUEUED);
         tokio::spawn(async move {
-            while let Some((ino, data)) = queue.recv().await {
-                receive(ino, data);
+            while let Some(page) = queue.recv().await {
+                receive(page.ino, page.data);
+                if let Some(stored) = page.stored {
+                    let _ = stored.send(());
+                }
             }
         });
         PageSink { pages }
@@ -641,12 +658,16 @@ const PAGES_QUEUED: usize = 8;
 
 /// The page thread of a mount: stores what the sink hands it until the tree drops the sink.
 fn page_thread(notifier: fuser::Notifier, stats: Arc<FuseStats>) -> PageSink {
-    let (pages, mut queue) = tokio::sync::mpsc::channel::<(u64, bytes::Bytes)>(PAGES_QUEUED);
+    let (pages, mut queue) = tokio::sync::mpsc::channel::<Page>(PAGES_QUEUED);
     let spawned = std::thread::Builder::new()
         .name("fuse-pages".to_owned())
         .spawn(move || {
-            while let Some((ino, data)) = queue.blocking_recv() {
-                match notifier.store(INodeNo(ino), 0, &data) {
+            while let Some(Page { ino, data, stored }) = queue.blocking_recv() {
+                let result = notifier.store(INodeNo(ino), 0, &data);
+                if let Some(stored) = stored {
+                    let _ = stored.send(());
+                }
+                match result {
                     Ok(()) => {
                         stats.pushed.fetch_add(1, Ordering::Relaxed);
                         stats

@@ -891,6 +891,11 @@ async fn a_directory_read_in_order_has_its_next_files_pushed_to_the_page_cache()
     for i in 0..100u64 {
         std::fs::write(src.join(format!("f{i:03}")), content(i)).unwrap();
     }
+    let other = dir.path().join("src/other");
+    std::fs::create_dir_all(other.join("a-directory-first")).unwrap();
+    for i in 0..2u64 {
+        std::fs::write(other.join(format!("f{i:03}")), content(i)).unwrap();
+    }
     mksquashfs(
         &dir.path().join("src"),
         &dir.path().join("i.squash"),
@@ -957,7 +962,8 @@ async fn a_directory_read_in_order_has_its_next_files_pushed_to_the_page_cache()
     nothing_more();
     let mut add = |_: &autosquash_fs::fs::DirItem, _: Option<&autosquash_fs::fs::Attr>| false;
     fs.readdir(many.ino, 0, true, &mut add).unwrap();
-    // The first read after the listing is a start, the next one in order shows the reader.
+    // After the listing, a file that is not the first one starts nothing; the next one in
+    // order shows the reader.
     read(2).await;
     nothing_more();
     read(3).await;
@@ -977,4 +983,13 @@ async fn a_directory_read_in_order_has_its_next_files_pushed_to_the_page_cache()
     read(20).await;
     read(75).await;
     nothing_more();
+    // A directory whose first file is read first: pushed at once.
+    let other = fs.lookup(root.ino, b"other").await.unwrap();
+    fs.readdir(other.ino, 0, true, &mut add).unwrap();
+    let first = fs.lookup(other.ino, b"f000").await.unwrap();
+    let second = fs.lookup(other.ino, b"f001").await.unwrap();
+    fs.read(first.ino, 0, 1 << 20).await.unwrap();
+    let (ino, data) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(ino, second.ino);
+    assert!(data[..] == content(1)[..]);
 }

@@ -214,7 +214,9 @@ impl AutoFs {
         let data = guarded(&m, m.image.read(&inode, offset, size as usize))
             .await?
             .map_err(|e| self.fail(&m, e))?;
-        self.push_ahead(&m, &inode, offset);
+        if let Some(first) = self.push_ahead(&m, &inode, offset) {
+            let _ = tokio::time::timeout(super::push::FIRST_WAIT, first).await;
+        }
         Ok(data)
     }
 

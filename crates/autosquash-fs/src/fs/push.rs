@@ -2,11 +2,12 @@
 //! in order (`tar`, `cp -r`, `find | xargs cat`, a compiler reading its headers). Each such
 //! file costs one READ request, and on small files the request's round trip costs more than
 //! its data (the FUSE floor in bench/run: a tree held in memory is read no faster than the
-//! kernel reads it from a squashfs image). Once a reader shows (two files of one directory
-//! read from their start, one after the other in listing order) and the kernel knows the
-//! directory's entries (listed with readdirplus, so their inodes exist in the kernel), the
-//! next files' data are read here and handed to the kernel (FUSE_NOTIFY_STORE, through the
-//! mount's [`PageSink`]): the reader's reads of them are page-cache hits, no request.
+//! kernel reads it from a squashfs image). Once a reader shows (the first file of a directory
+//! read from its start, or two files one after the other in listing order) and the kernel
+//! knows the directory's entries (listed with readdirplus, so their inodes exist in the
+//! kernel), the next files' data are read here and handed to the kernel (FUSE_NOTIFY_STORE,
+//! through the mount's [`PageSink`]): the reader's reads of them are page-cache hits, no
+//! request.
 //!
 //! Bounded: at most [`AHEAD_FILES`] files and [`AHEAD_BYTES`] bytes ahead of the reader, only
 //! files up to [`FILE_MAX`] (larger ones are read in large READs with the kernel's
@@ -26,6 +27,10 @@ pub(super) const AHEAD_BYTES: u64 = 4 << 20;
 pub(super) const FILE_MAX: u64 = 1 << 20;
 /// A new batch is pushed once the reader is this close to the end of the last one.
 const LOW_WATER: usize = AHEAD_FILES / 2;
+/// How long a read that starts a batch waits for the batch's first file to be in the page
+/// cache (the time to decompress and store one small file; a push that waits on the store
+/// does not hold the read up longer).
+pub(super) const FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 /// Directories larger than this are not searched for a file read out of order.
 const SEARCH_MAX: usize = 4096;
 
@@ -47,42 +52,47 @@ impl AutoFs {
     }
 
     /// Called on the read of `inode` at `offset`: pushes the files that follow it in its
-    /// directory if a reader goes through the directory in order.
-    pub(super) fn push_ahead(&self, m: &Arc<Mounted>, inode: &Inode, offset: u64) {
-        let Some(pages) = self.pages.get() else {
-            return;
-        };
+    /// directory if a reader goes through the directory in order. The answer to this read
+    /// should wait (briefly, [`FIRST_WAIT`]) for what it returns, the first of them in the
+    /// page cache: the reader asks for that one right after the answer, before a push made
+    /// meanwhile could be there.
+    pub(super) fn push_ahead(
+        &self,
+        m: &Arc<Mounted>,
+        inode: &Inode,
+        offset: u64,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let pages = self.pages.get()?;
         if offset != 0 || inode.size > FILE_MAX {
-            return;
+            return None;
         }
-        let Some(parent) = m.image.parent(inode.ino) else {
-            return;
-        };
-        let Ok(Ok(batch)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let parent = m.image.parent(inode.ino)?;
+        let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.next_batch(m, parent, inode.ino)
-        })) else {
-            return;
-        };
+        }))
+        .ok()?
+        .ok()?;
         if batch.is_empty() {
-            return;
+            return None;
         }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (m, pages) = (m.clone(), pages.clone());
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+        let (first_stored, first) = tokio::sync::oneshot::channel();
+        let mut first_stored = Some(first_stored);
         runtime.spawn(async move {
             for file in batch {
                 // A file that cannot be read now is read (and its error answered) on demand.
-                let read =
-                    super::lifecycle::guarded(&m, m.image.read(&file, 0, file.size as usize));
-                let Ok(Ok(data)) = read.await else {
+                let read = m.image.read(&file, 0, file.size as usize);
+                let Ok(Ok(data)) = super::lifecycle::guarded(&m, read).await else {
                     continue;
                 };
-                if !pages.store(join(m.slot, file.ino), data).await {
+                let ino = join(m.slot, file.ino);
+                if !pages.store(ino, data, first_stored.take()).await {
                     return;
                 }
             }
         });
+        Some(first)
     }
 
     /// The files to push after the read of file `ino` in directory `parent`, updating the
@@ -116,10 +126,20 @@ impl AutoFs {
             reader.last = None;
             return Ok(Vec::new());
         };
-        // In order: right after the last file read, or within what was pushed (the reader
-        // went through pushed files without a request).
-        let in_order = reader.last.is_some_and(|l| l + 1 == position)
-            || (!reader.pushed.is_empty() && pushed.contains(&position));
+        // In order: the directory's first file read first, right after the last file read,
+        // or within what was pushed (the reader went through pushed files without a request).
+        let first_file = || {
+            listing
+                .iter()
+                .take(position)
+                .all(|e| e.kind != FileKind::File)
+        };
+        let in_order = match reader.last {
+            None => first_file(),
+            Some(last) => {
+                last + 1 == position || (!reader.pushed.is_empty() && pushed.contains(&position))
+            }
+        };
         reader.last = Some(position);
         if !in_order || position + LOW_WATER < reader.pushed.end {
             return Ok(Vec::new());
