@@ -424,10 +424,7 @@ fn a_reload_after_an_upgrade_hands_the_mounts_to_the_new_program() {
     let users = Users::start(&mnt.join("img"), data);
     std::thread::sleep(Duration::from_millis(300));
     let serving = daemon.serving_pid();
-    // What dpkg does: the new file is written beside and renamed over the old one.
-    let new = dir.path().join("autosquash.new");
-    std::fs::copy(env!("CARGO_BIN_EXE_autosquash"), &new).unwrap();
-    std::fs::rename(&new, &program).unwrap();
+    install_over(&program);
     let exe = || std::fs::read_link(format!("/proc/{serving}/exe")).unwrap();
     assert!(exe().to_string_lossy().ends_with(" (deleted)"));
     daemon.signal("HUP");
@@ -450,6 +447,13 @@ fn a_reload_after_an_upgrade_hands_the_mounts_to_the_new_program() {
     assert!(daemon.stop().success());
 }
 
+/// What dpkg does to `program`: the new file is written beside it and renamed over it.
+fn install_over(program: &Path) {
+    let new = program.with_extension("new");
+    std::fs::copy(env!("CARGO_BIN_EXE_autosquash"), &new).unwrap();
+    std::fs::rename(&new, program).unwrap();
+}
+
 /// A stop that comes while the upgraded program is still taking the mounts over (the
 /// packaging test's SIGTERM 0.27 s after the upgrade's reload killed it with the default
 /// action; the supervisor took that for a crash, started another one and the stop was lost):
@@ -468,9 +472,7 @@ fn a_stop_during_an_upgrades_takeover_is_not_lost() {
     wait_for(Duration::from_secs(20), "the mount", || is_mounted(&mnt));
     assert!(mnt.join("img").read_dir().is_ok());
     let serving = daemon.serving_pid();
-    let new = dir.path().join("autosquash.new");
-    std::fs::copy(env!("CARGO_BIN_EXE_autosquash"), &new).unwrap();
-    std::fs::rename(&new, &program).unwrap();
+    install_over(&program);
     daemon.signal("HUP");
     // Logged just before the exec: the stop arrives as the new program starts.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
